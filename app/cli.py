@@ -1,0 +1,51 @@
+"""`ctdesk`: the one command line — the viewer by default, plus the engine's and training's headless commands.
+
+Only `view` imports Qt, and only when it runs, so `ctdesk info` and friends work on machines without a display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.cli import add_engine_commands, run_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctdesk",
+        description="Offline workstation for 3D chest CT. Without a command, opens the viewer on the demo study.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    view = sub.add_parser("view", help="open the viewer (default: the bundled demo study)")
+    view.add_argument("path", nargs="?", type=Path, metavar="PATH", help="folder, zip, DICOMDIR, DICOM or NIfTI file")
+    view.add_argument("--screenshot", type=Path, metavar="OUT.png", help="render the window to a PNG and exit")
+    view.add_argument("--wl", metavar="PRESET", help="window/level preset: lung, mediastinum, bone, soft_tissue, brain")
+    view.add_argument("--crosshair", metavar="X,Y,Z", help="crosshair position in LPS mm")
+    view.set_defaults(func=_run_view)
+    add_engine_commands(sub)
+    from training.cli_phantom import add_phantom_command
+
+    add_phantom_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+        argv = ["view", *argv]  # `ctdesk` and `ctdesk PATH [--screenshot …]` open the viewer
+    return run_command(parser.parse_args(argv))
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from app.launch import launch_viewer
+
+    return launch_viewer(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
