@@ -143,3 +143,38 @@ def shortest_decimal(value: float) -> float:
     NIfTI and NRRD store spacings as float32; upstream tools read them as decimal text, so keep that form.
     """
     return float(str(np.float32(value)))
+
+
+# World axes (0 = x toward L, 1 = y toward P, 2 = z toward S) that output array axes (0, 1, 2) should follow.
+SPL_AXES = (2, 1, 0)  # ctdesk's layout: slices → S, rows → P, cols → L (a standard axial series)
+SLP_AXES = (2, 0, 1)  # CT-RATE's voxel layout: slices → S, then i → L, j → P
+
+
+def reorient_array(
+    array: np.ndarray,
+    columns_lps: np.ndarray,
+    spacing: list[float] | tuple[float, ...],
+    origin_lps: np.ndarray | tuple[float, ...],
+    world_axes: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
+    """Permute and flip `array` (no interpolation) so output axis o grows toward +world_axes[o] as nearly as possible.
+
+    `columns_lps[:, d]` is the unit LPS direction of array axis d and `spacing[d]` its step in mm. Returns the
+    array view, its new direction columns, spacing and origin (the LPS position of the new voxel (0, 0, 0)).
+    """
+    remaining = [0, 1, 2]
+    perm: list[int] = []
+    for world in world_axes:
+        d = max(remaining, key=lambda a: abs(columns_lps[world, a]))
+        perm.append(d)
+        remaining.remove(d)
+    arr = np.transpose(array, perm)
+    cols = np.asarray(columns_lps, dtype=np.float64)[:, perm].copy()
+    spac = [float(spacing[d]) for d in perm]
+    origin = np.asarray(origin_lps, dtype=np.float64).copy()
+    for o, world in enumerate(world_axes):
+        if cols[world, o] < 0:
+            origin = origin + cols[:, o] * spac[o] * (arr.shape[o] - 1)
+            cols[:, o] = -cols[:, o]
+            arr = np.flip(arr, axis=o)
+    return arr, cols, (spac[0], spac[1], spac[2]), (float(origin[0]), float(origin[1]), float(origin[2]))

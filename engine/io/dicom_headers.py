@@ -118,6 +118,8 @@ def read_frame_headers(source: ObjectSource) -> list[FrameHeader] | Skipped | No
 
 
 def _frames_from_dataset(source: ObjectSource, ds: Any, file_size: int) -> list[FrameHeader] | Skipped:
+    from pydicom.dataelem import RawDataElement
+
     modality = str(ds.get("Modality", "") or "").upper()
     study_uid = str(ds.get("StudyInstanceUID", "") or "")
     series_uid = str(ds.get("SeriesInstanceUID", "") or "")
@@ -141,10 +143,11 @@ def _frames_from_dataset(source: ObjectSource, ds: Any, file_size: int) -> list[
     rows, cols = int(ds.Rows), int(ds.Columns)
     bits_allocated = int(ds.get("BitsAllocated", 16) or 16)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    pixel_elem = ds.get_item("PixelData")
+    # keep_deferred: a plain get_item would read the deferred pixel data (and the offset would be lost with it).
+    pixel_elem = ds.get_item("PixelData", keep_deferred=True)
     offset = None
     if ts in _NATIVE_LITTLE_ENDIAN and bits_allocated in (8, 16) and pixel_elem.value is None:
-        offset = int(pixel_elem.file_tell)
+        offset = int(pixel_elem.value_tell if isinstance(pixel_elem, RawDataElement) else pixel_elem.file_tell)
         expected = rows * cols * samples * (bits_allocated // 8) * n_frames
         if offset + expected > file_size:
             return Skipped(

@@ -54,6 +54,8 @@ def _read_frames_into(frames: tuple[FrameHeader, ...], out: np.ndarray, progress
 
     def work(k: int) -> bool:
         frame = frames[k]
+        if _reads_straight_into(frame, out[k]):
+            return _read_native_into_int16(frame, out[k])
         stored = _stored_values(frame)
         return _rescale_into(stored, frame, out[k])
 
@@ -100,9 +102,47 @@ def _is_plain_native(frame: FrameHeader) -> bool:
     return frame.bits_allocated in (8, 16) and (frame.bits_stored == frame.bits_allocated or frame.pixel_representation == 0)
 
 
+def _reads_straight_into(frame: FrameHeader, dest: np.ndarray) -> bool:
+    """16-bit native frames with slope 1 bound for an int16 output are read into it directly, then offset in place."""
+    return (
+        dest.dtype == np.int16
+        and np.little_endian
+        and frame.bits_allocated == 16
+        and frame.pixel_offset is not None
+        and frame.source.member is None
+        and _is_plain_native(frame)
+        and dest.shape == (frame.rows, frame.cols)
+        and dest.flags.c_contiguous
+        and float(frame.slope) == 1.0
+    )
+
+
+def _read_native_into_int16(frame: FrameHeader, dest: np.ndarray) -> bool:
+    """Same values as `_rescale_into(_read_native(frame), frame, dest)`, without the intermediate buffer.
+
+    The stored bits land in `dest` (viewed as uint16 for unsigned data); once their range is known to fit in int16
+    after the intercept, adding the intercept modulo 2**16 gives exactly the int16 result.
+    """
+    stored = dest if frame.pixel_representation else dest.view(np.uint16)
+    _read_into(frame, stored)
+    intercept = int(frame.intercept)
+    if int(stored.min()) + intercept < _INT16_MIN or int(stored.max()) + intercept > _INT16_MAX:
+        return False
+    if intercept:
+        bits = dest.view(np.uint16)
+        np.add(bits, np.uint16(intercept % 65536), out=bits)
+    return True
+
+
 def _read_native(frame: FrameHeader) -> np.ndarray:
     dtype = np.dtype(f"<{'i' if frame.pixel_representation else 'u'}{frame.bits_allocated // 8}")
     buf = np.empty((frame.rows, frame.cols), dtype=dtype)
+    _read_into(frame, buf)
+    return buf
+
+
+def _read_into(frame: FrameHeader, buf: np.ndarray) -> None:
+    """Fill the C-contiguous `buf` with the frame's bytes read from its pixel offset."""
     try:
         with open(frame.source.path, "rb") as f:
             f.seek(frame.pixel_offset or 0)
@@ -111,7 +151,6 @@ def _read_native(frame: FrameHeader) -> np.ndarray:
         raise CorruptStudy(f"{frame.source.name} could not be read ({exc.strerror or exc}).") from exc
     if got != buf.nbytes:
         raise CorruptStudy(f"{frame.source.name} is truncated: {got} of {buf.nbytes} pixel bytes present.")
-    return buf
 
 
 @lru_cache(maxsize=1)
@@ -128,8 +167,11 @@ def _decode_j2k(frame: FrameHeader) -> np.ndarray | None:
     import pydicom
     from pydicom.encaps import generate_frames
 
-    with frame.source.open() as fp:
-        ds = pydicom.dcmread(fp)
+    try:
+        with frame.source.open() as fp:
+            ds = pydicom.dcmread(fp)
+    except OSError as exc:  # gone or unreadable since discover() listed it (e.g. a USB stick was unplugged)
+        raise CorruptStudy(f"{frame.source.name} could not be read ({exc.strerror or exc}).") from exc
     try:
         fragments = list(generate_frames(ds.PixelData, number_of_frames=frame.number_of_frames))
         data = _imagecodecs().jpeg2k_decode(fragments[frame.frame or 0], numthreads=1)

@@ -256,6 +256,8 @@ def _nothing_found(path: Path, skipped: list[Skipped], not_dicom: int) -> StudyE
     if path.is_dir():
         detail = f"{not_dicom} file(s), none of them DICOM" if not_dicom else "it is empty"
         return NoImagesFound(f"No DICOM images in the folder {path.name}: {detail}.")
+    if sources.is_dicomdir(path):
+        return NoImagesFound(f"The DICOMDIR in {path.parent.name} lists no image files that exist next to it.")
     return NoImagesFound(f"{path.name} is not a DICOM file, zip, DICOMDIR, NIfTI, NRRD or MHA image.")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.errors import CorruptStudy, UnsupportedStudy
 from engine.io.memory import check_fits_in_memory
-from engine.volume import Volume, VolumeMeta, shortest_decimal
+from engine.volume import SPL_AXES, Volume, VolumeMeta, reorient_array, shortest_decimal
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -53,7 +53,7 @@ def read_image_file(path: str | os.PathLike[str], *, rescale: tuple[float, float
     else:
         values, columns_lps, origin_lps, spacing, warnings = _read_itk(path, rescale)
     hu = _to_hu_dtype(values)
-    hu, direction, spacing_kij, origin = _reorient_to_spl(hu, columns_lps, spacing, origin_lps)
+    hu, direction, spacing_kij, origin = reorient_array(hu, columns_lps, spacing, origin_lps, SPL_AXES)
     if hu.shape[0] == 1:
         warnings.append("Single image: shown as 2D; the slice spacing is nominal.")
     meta = VolumeMeta(modality="CT", description=path.name, source_format=format_name(path))
@@ -166,33 +166,6 @@ def _to_hu_dtype(values: np.ndarray) -> np.ndarray:
             return values.astype(np.int16)
         return values.astype(np.float32)
     raise UnsupportedStudy(f"Voxel type {values.dtype} is not a CT intensity type.")
-
-
-def _reorient_to_spl(
-    hu: np.ndarray, columns_lps: np.ndarray, spacing: list[float], origin_lps: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
-    """Permute/flip the array so axes grow toward (S, P, L) as nearly as the direction allows.
-
-    `columns_lps[:, d]` is the unit LPS direction of array axis d; `spacing[d]` its step in mm.
-    """
-    # world axis wanted for output axis o: z (S) for slices, y (P) for rows, x (L) for columns; all "+" in LPS
-    world_for_output = (2, 1, 0)
-    remaining = [0, 1, 2]
-    perm: list[int] = []
-    for world in world_for_output:
-        d = max(remaining, key=lambda a: abs(columns_lps[world, a]))
-        perm.append(d)
-        remaining.remove(d)
-    arr = np.transpose(hu, perm)
-    cols = columns_lps[:, perm].copy()
-    spac = [spacing[d] for d in perm]
-    origin = np.asarray(origin_lps, dtype=np.float64).copy()
-    for o, world in enumerate(world_for_output):
-        if cols[world, o] < 0:
-            origin = origin + cols[:, o] * spac[o] * (arr.shape[o] - 1)
-            cols[:, o] = -cols[:, o]
-            arr = np.flip(arr, axis=o)
-    return arr, cols, (spac[0], spac[1], spac[2]), (float(origin[0]), float(origin[1]), float(origin[2]))
 
 
 # --- writing --------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,11 @@ class ObjectSource:
         """A seekable binary stream; zip members are read into memory (they are single slices, ~0.5 MB)."""
         if self.member is None:
             return open(self.path, "rb")
-        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
-            return io.BytesIO(f.read())
+        try:
+            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+                return io.BytesIO(f.read())
+        except (zipfile.BadZipFile, zlib.error) as exc:  # bad CRC, broken deflate stream: damaged like any file
+            raise OSError(f"{self.member} is damaged inside {self.path.name} ({exc})") from exc
 
 
 def check_path(path: Path) -> None:
@@ -60,7 +64,10 @@ def iter_folder(folder: Path) -> Iterator[ObjectSource]:
         for name in sorted(files):
             if name.startswith(".") or Path(name).suffix.lower() in _NEVER_DICOM_SUFFIXES:
                 continue
-            yield ObjectSource(Path(root) / name)
+            path = Path(root) / name
+            if not path.is_file():  # a named pipe or device: opening it could block forever
+                continue
+            yield ObjectSource(path)
 
 
 def iter_zip(path: Path) -> Iterator[ObjectSource]:
