@@ -1,0 +1,173 @@
+"""`ctdesk view`: build the QApplication and the MainWindow, open the study, run — or render one screenshot and exit.
+
+Environment is settled before Qt and VTK load: with no display on Linux, VTK renders through EGL (no X needed), and a
+`--screenshot` run uses Qt's offscreen platform, so the command works on headless machines and in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PySide6.QtWidgets import QApplication
+
+    from app.main_window import MainWindow
+    from engine.volume import Volume
+
+SCREENSHOT_SIZE = (1440, 960)
+
+
+def _prepare_environment(screenshot: bool) -> str | None:
+    """Pick Qt's and VTK's platforms before they load; returns an error sentence when no window can be shown."""
+    if not sys.platform.startswith("linux"):
+        return None
+    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if not os.environ.get("DISPLAY") and not os.environ.get("VTK_DEFAULT_OPENGL_WINDOW"):
+        os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
+    if headless and not os.environ.get("QT_QPA_PLATFORM"):
+        if not screenshot:  # Qt would abort with a message about xcb plugins
+            return ("no display found (DISPLAY and WAYLAND_DISPLAY are unset): run ctdesk on a desktop, "
+                    "under xvfb-run, or with --screenshot OUT.png.")
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    return None
+
+
+def _parse_crosshair(text: str) -> tuple[float, float, float]:
+    try:
+        x, y, z = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--crosshair needs X,Y,Z in LPS millimetres, such as 0,-20,150 (got {text!r}).") from None
+    return x, y, z
+
+
+def apply_dark_theme(app: QApplication) -> None:
+    """Fusion with a dark palette: images are read in a dim room, and a bright frame around them hurts contrast."""
+    from PySide6.QtGui import QColor, QPalette
+
+    app.setStyle("Fusion")
+    palette = QPalette()
+    colors = {
+        QPalette.ColorRole.Window: (37, 38, 42), QPalette.ColorRole.WindowText: (220, 222, 226),
+        QPalette.ColorRole.Base: (24, 25, 28), QPalette.ColorRole.AlternateBase: (44, 45, 50),
+        QPalette.ColorRole.ToolTipBase: (30, 31, 35), QPalette.ColorRole.ToolTipText: (230, 230, 230),
+        QPalette.ColorRole.Text: (220, 222, 226), QPalette.ColorRole.Button: (48, 50, 55),
+        QPalette.ColorRole.ButtonText: (220, 222, 226), QPalette.ColorRole.BrightText: (255, 90, 90),
+        QPalette.ColorRole.Link: (110, 170, 255), QPalette.ColorRole.Highlight: (60, 110, 190),
+        QPalette.ColorRole.HighlightedText: (255, 255, 255), QPalette.ColorRole.PlaceholderText: (130, 130, 140),
+    }
+    for role, rgb in colors.items():
+        palette.setColor(role, QColor(*rgb))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor(120, 120, 128))
+    app.setPalette(palette)
+
+
+def launch_viewer(args: argparse.Namespace) -> int:
+    """Run the viewer for parsed `ctdesk view` arguments; returns the process exit code."""
+    path: Path | None = getattr(args, "path", None)
+    screenshot: Path | None = getattr(args, "screenshot", None)
+    wl_text: str | None = getattr(args, "wl", None)
+    crosshair_text: str | None = getattr(args, "crosshair", None)
+    problem = _prepare_environment(screenshot is not None)
+    if problem is not None:
+        print(f"ctdesk: {problem}", file=sys.stderr)
+        return 1
+
+    from app.render.presets import parse_window_level
+
+    try:
+        window_level = parse_window_level(wl_text) if wl_text else None
+        crosshair = _parse_crosshair(crosshair_text) if crosshair_text else None
+    except ValueError as exc:
+        print(f"ctdesk: {exc}", file=sys.stderr)
+        return 2
+    if path is None:
+        from engine.resources import demo_study_path
+
+        path = demo_study_path()
+
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QApplication
+
+    from app.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "ctdesk"])
+    assert isinstance(app, QApplication)
+    previous_handler = _silence_offscreen_noise() if app.platformName() == "offscreen" else None
+    app.setApplicationName("ctdesk")
+    apply_dark_theme(app)
+    window = MainWindow(dialogs=screenshot is None)
+    outcome = {"code": 0}
+
+    def on_opened(volume: Volume, _path: Path) -> None:
+        window.study_opened.disconnect(on_opened)  # --wl/--crosshair apply to the first study only
+        if window_level is not None:
+            window.state.set_window_level(*window_level)
+        if crosshair is not None:
+            ijk = volume.lps_to_index(*crosshair)
+            if not all(-0.5 <= c <= n - 0.5 for c, n in zip(ijk, volume.shape, strict=True)):
+                print("ctdesk: the --crosshair point lies outside the volume; moved to the nearest voxel inside.",
+                      file=sys.stderr)
+            window.state.set_crosshair(crosshair)
+        if screenshot is not None:
+            _save_screenshot(window, screenshot, outcome)
+            app.exit(outcome["code"])
+
+    def on_failed(message: str, failed_path: Path) -> None:
+        if screenshot is not None:
+            print(f"ctdesk: {message}", file=sys.stderr)
+            outcome["code"] = 1
+            app.exit(1)
+
+    window.study_opened.connect(on_opened)
+    window.study_failed.connect(on_failed)
+    if screenshot is not None:
+        window.resize(*SCREENSHOT_SIZE)
+    else:
+        window.resize(1280, 860)
+    window.show()
+    window.open_path(path)
+    try:
+        code = app.exec()
+    finally:
+        window.loader.wait(timeout_s=0.1)
+        window.close()
+        window.deleteLater()
+        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        if previous_handler is not None:
+            from PySide6.QtCore import qInstallMessageHandler
+
+            qInstallMessageHandler(previous_handler)
+    return int(code or outcome["code"])
+
+
+def _silence_offscreen_noise() -> object:
+    """The offscreen platform warns that it "does not support propagateSizeHints()" for every window: drop that line
+    so a `--screenshot` run prints only what matters; every other Qt message still reaches stderr."""
+    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+
+    def handler(kind: QtMsgType, _context: object, message: str) -> None:
+        if "propagateSizeHints" not in message:
+            print(message, file=sys.stderr)
+
+    return qInstallMessageHandler(handler)
+
+
+def _save_screenshot(window: MainWindow, out: Path, outcome: dict[str, int]) -> None:
+    """Grab the whole window — the views paint plain QImages, so `grab()` sees every pixel."""
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.processEvents()  # let layouts settle at the final size before the views render
+    pixmap = window.grab()
+    out = Path(out).expanduser()
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if not pixmap.save(str(out), "PNG"):
+        print(f"ctdesk: could not write the screenshot to {out}", file=sys.stderr)
+        outcome["code"] = 1
+        return
+    print(f"Saved {out} ({pixmap.width()}×{pixmap.height()})")

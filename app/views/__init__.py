@@ -1,0 +1,1 @@
+"""Thin Qt widgets that host the render pipelines and turn mouse and keys into ViewerState changes."""
