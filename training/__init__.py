@@ -1,0 +1,1 @@
+"""Training-side code: synthetic phantoms, datasets, training loops and the demo model pack (never imports app/)."""
