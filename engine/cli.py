@@ -14,6 +14,8 @@ from typing import Any
 
 from engine.errors import EngineError
 
+RESEARCH_NOTICE = "Research use only — not for diagnostic use."
+
 
 def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `info` and `convert` on a `ctdesk` argument parser."""
@@ -38,6 +40,104 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     convert.add_argument("--to", choices=("auto", "dicom"), default="auto",
                          help="'dicom' writes a DICOM series folder; 'auto' picks by OUT's suffix")
     convert.set_defaults(func=run_convert)
+
+
+def add_model_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `findings` and `models`."""
+    findings = subparsers.add_parser(
+        "findings", help="zero-shot probabilities of the 18 CT-RATE abnormalities (CT-CLIP)",
+        description="Encode the study at PATH with CT-CLIP and print P(present) for each finding.",
+    )
+    findings.add_argument("path", type=Path, metavar="PATH")
+    findings.add_argument("--model", default=None, metavar="FILE_OR_DIR|demo",
+                          help="CT-CLIP weights (.pt/.safetensors), a model bundle folder, or 'demo'; "
+                          "default: the model store's CT-CLIP, else the demo pack")
+    findings.add_argument("--finding", action="append", default=[], metavar="TEXT",
+                          help="an extra finding to score (repeatable), e.g. --finding 'Pneumothorax'")
+    findings.add_argument("--json", action="store_true", help="print one JSON object")
+    findings.add_argument("--store", type=Path, help="model store folder (default: $CTDESK_MODEL_STORE or user data)")
+    findings.add_argument("--tokenizer", type=Path, help="folder with CXR-BERT's vocab.txt (default: in the store)")
+    findings.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
+    findings.add_argument("--series", help="series UID or index (from `ctdesk info`)")
+    findings.add_argument("--rescale", metavar="SLOPE,INTERCEPT", help="apply to stored values (CT-RATE metadata)")
+    findings.add_argument("--metadata-csv", type=Path, help="CT-RATE metadata CSV giving RescaleSlope/Intercept")
+    findings.set_defaults(func=run_findings)
+
+    models = subparsers.add_parser(
+        "models", help="what the model store holds, verified, and how to add what is missing",
+        description="List the model store: present files (sha256 recorded and re-checked), missing ones and "
+        "where users normally obtain them. Nothing is ever downloaded.",
+    )
+    models.add_argument("--store", type=Path, help="model store folder")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=run_models)
+
+
+def run_findings(args: argparse.Namespace) -> int:
+    import time
+
+    from engine.device import pick_device
+    from engine.findings import FindingsModel
+    from engine.io import open_volume
+    from engine.model_store import ModelStore
+    from engine.models.loading import load_ctclip, resolve_spec
+
+    t0 = time.perf_counter()
+    series: str | int | None = int(args.series) if args.series and args.series.isdigit() else args.series
+    volume = open_volume(args.path, series=series, metadata_csv=args.metadata_csv,
+                         rescale=_parse_rescale(args.rescale) if args.rescale else None)
+    t_open = time.perf_counter() - t0
+    store = ModelStore(args.store)
+    spec = resolve_spec(args.model, store, args.tokenizer)
+    device = pick_device(args.device)
+    t1 = time.perf_counter()
+    loaded = load_ctclip(spec, device=device, cache_dir=store.cache_dir if spec.weights.suffix != ".safetensors" else None)
+    t_load = time.perf_counter() - t1
+    result = FindingsModel(loaded, device).run(volume, args.finding)
+    timings = {"open_s": t_open, "load_model_s": t_load, **result.timings}
+    if args.json:
+        print(json.dumps({
+            "path": str(args.path), "model": result.model_name, "demo": result.demo, "label": result.model_label,
+            "device": str(device), "findings": result.probabilities, "method": result.method,
+            "thresholds": result.thresholds, "timings": {k: round(v, 3) for k, v in timings.items()},
+            "notice": RESEARCH_NOTICE,
+        }, indent=2))
+        return 0
+    badge = f" — {result.model_label}" if result.model_label else ""
+    print(f"{args.path} · model {result.model_name}{badge} · {device}")
+    for name, p in result.probabilities.items():
+        bar = "█" * int(round(p * 20))
+        marker = ""
+        if name in result.thresholds:
+            marker = "  ≥ threshold" if p >= result.thresholds[name] else ""
+        print(f"  {name:<34} {p:6.3f} {bar:<20}{marker}  ({result.method[name]})")
+    print("  " + " · ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in timings.items()))
+    print(RESEARCH_NOTICE)
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from engine.model_store import ModelStore
+
+    store = ModelStore(args.store)
+    entries = store.entries(verify=True)
+    if args.json:
+        print(json.dumps({"store": str(store.root), "models": [
+            {"key": e.model.key, "file": e.model.filename, "role": e.model.role, "present": e.present,
+             "status": e.status, "sha256": e.sha256, "size_bytes": e.size_bytes,
+             "obtain_from": None if e.present else e.model.source} for e in entries]}, indent=2))
+        return 0
+    print(f"Model store: {store.root}" + ("" if store.root.is_dir() else "  (does not exist yet)"))
+    for e in entries:
+        if e.present:
+            size = f"{e.size_bytes / 2**30:.2f} GB" if e.size_bytes else "folder"
+            sha = f" sha256 {e.sha256[:16]}…" if e.sha256 else ""
+            print(f"  ✓ {e.model.filename:<34} {size:>9}  {e.status}{sha}")
+        else:
+            print(f"  ✗ {e.model.filename:<34} {e.status} — {e.model.role}")
+            print(f"      obtain from {e.model.source}; copy it into the store folder above")
+    print("ctdesk never downloads weights; set CTDESK_MODEL_STORE or --store to use another folder.")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:

