@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from engine.device import run_with_oom_fallback
 from engine.models.loading import LoadedCTClip
 from engine.preprocess import ctclip_input
 from engine.resources import ct_rate_labels
@@ -68,6 +69,7 @@ class FindingsModel:
         self._prompts: dict[str, torch.Tensor] = {}
         self._studies: dict[str, EncodedStudy] = {}
         self._max_cached = max_cached_studies
+        self.warnings: list[str] = []  # user-facing notes, e.g. a fallback from GPU to CPU
 
     @property
     def clip(self):  # type: ignore[no-untyped-def]
@@ -105,14 +107,22 @@ class FindingsModel:
         vit.enc_spatial_transformer.between_layers = tick
         vit.enc_temporal_transformer.between_layers = tick
         try:
-            with torch.inference_mode():
-                video = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
-                latent, tokens = self.clip.encode_image(video)
+            (latent, tokens), used = run_with_oom_fallback(lambda device: self._encode_on(x, device), self.device,
+                                                           on_fallback=self.warnings.append)
         finally:
             vit.enc_spatial_transformer.between_layers = None
             vit.enc_temporal_transformer.between_layers = None
+        if used != self.device:  # stay on the CPU from now on: the GPU could not hold this model's activations
+            self.device = used
         return EncodedStudy(key, latent[0].float().cpu().numpy(), tokens[0].float().cpu().numpy(),
                             seconds_preprocess, time.perf_counter() - t0)
+
+    def _encode_on(self, x: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if next(self.clip.parameters()).device != device:
+            self.clip.to(device)
+        with torch.inference_mode():
+            video = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
+            return self.clip.encode_image(video)
 
     # --- text -------------------------------------------------------------------------------------------------------
     def prompt_latents(self, finding: str) -> torch.Tensor:

@@ -17,8 +17,9 @@ from slice_phantoms import phantom_volume  # noqa: E402
 def _no_leaked_render_windows() -> Iterator[None]:
     """Every offscreen render window a test opens must be released by the time it ends (leaks crash later tests)."""
     from app.render.mpr import live_plane_count
+    from app.render.volume import live_volume_renderer_count
 
-    before = live_plane_count()
+    before = live_plane_count(), live_volume_renderer_count()
     yield
     try:
         from PySide6.QtCore import QCoreApplication, QEvent
@@ -27,7 +28,8 @@ def _no_leaked_render_windows() -> Iterator[None]:
             QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     except ImportError:
         pass
-    assert live_plane_count() == before, "a test left MprPlane render windows open (call close()/release())"
+    assert (live_plane_count(), live_volume_renderer_count()) == before, (
+        "a test left MprPlane / VolumeRenderer render windows open (call close()/release())")
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def _view_cells(image: QImage) -> dict[str, np.ndarray]:
     """The grid's three view cells of a window screenshot (toolbar and status bar cropped off)."""
     ptr = image.convertToFormat(QImage.Format.Format_RGB888)
     rgb = np.frombuffer(ptr.constBits(), np.uint8).reshape(ptr.height(), ptr.bytesPerLine())[:, : 3 * ptr.width()]
-    rgb = rgb.reshape(ptr.height(), ptr.width(), 3)
+    rgb = rgb.reshape(ptr.height(), ptr.width(), 3).copy()  # a copy: the buffer dies with `ptr`
     h, w = rgb.shape[:2]
     top, bottom = 70, h - 30
     mid_y, mid_x = (top + bottom) // 2, w // 2

@@ -87,3 +87,22 @@ def test_cli_explains_a_missing_demo_pack_or_model(tmp_path: Path, monkeypatch) 
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gpu_out_of_memory_falls_back_to_cpu_with_a_message(model: FindingsModel, monkeypatch) -> None:
+    """Simulate CUDA running out of memory on the first attempt (CI has no GPU)."""
+    real = model._encode_on
+    attempts: list[str] = []
+
+    def flaky(x, device):
+        attempts.append(device.type)
+        if device.type != "cpu":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x, device)
+
+    monkeypatch.setattr(model, "_encode_on", flaky)
+    monkeypatch.setattr(model, "device", torch.device("cuda"))
+    encoded = model.encode_array(np.zeros((1, 240, 480, 480), np.float32))
+    assert attempts == ["cuda", "cpu"] and model.device.type == "cpu"
+    assert encoded.tokens.shape == (8, 8, 8, 32)
+    assert any("ran out of memory" in w for w in model.warnings)

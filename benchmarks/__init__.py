@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.NAME` prints figures and ratios against a baseline run side by side."""
