@@ -51,10 +51,17 @@ class CTCLIP(nn.Module):
         hidden = self.text_transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return F.normalize(self.to_text_latent(hidden[:, 0, :]), dim=-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Upstream's default return: per-pair logits text_latent · image_latent · exp(T) (image batch broadcasts)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image: torch.Tensor, *,
+                return_latents: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Upstream's default return: per-pair logits text_latent · image_latent · exp(T) (image batch broadcasts).
+
+        With `return_latents` (as upstream): (text_latents, image_latents, tokens) — what training uses, through
+        the DDP wrapper so gradients are synchronised.
+        """
         text = self.encode_text(input_ids, attention_mask)
-        image_latents, _ = self.encode_image(image)
+        image_latents, tokens = self.encode_image(image)
+        if return_latents:
+            return text, image_latents, tokens
         return (text * image_latents).sum(dim=-1) * self.logit_scale
 
 

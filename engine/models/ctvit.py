@@ -160,17 +160,29 @@ class Transformer(nn.Module):
         )
         self.norm_out = LayerNorm(dim)
         self.between_layers: Callable[[], None] | None = None  # cooperative cancellation hook
+        self.gradient_checkpointing = False  # training: recompute each layer in backward to save activations
 
     def forward(
         self, x: torch.Tensor, *, video_shape: tuple[int, int, int, int], attn_bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        for peg, attn, _, ff in self.layers:  # type: ignore[misc]
-            x = peg(x, shape=video_shape) + x
-            x = attn(x, attn_bias=attn_bias) + x
-            x = ff(x) + x
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(_run_layer, layer, x, video_shape, attn_bias, use_reentrant=False)
+            else:
+                x = _run_layer(layer, x, video_shape, attn_bias)
             if self.between_layers is not None:
                 self.between_layers()
         return self.norm_out(x)
+
+
+def _run_layer(layer: nn.ModuleList, x: torch.Tensor, video_shape: tuple[int, int, int, int],
+               attn_bias: torch.Tensor | None) -> torch.Tensor:
+    peg, attn, _, ff = layer  # type: ignore[misc]
+    x = peg(x, shape=video_shape) + x
+    x = attn(x, attn_bias=attn_bias) + x
+    return ff(x) + x
 
 
 class Codebook(nn.Module):
@@ -184,12 +196,18 @@ class Codebook(nn.Module):
 
 
 class VectorQuantize(nn.Module):
-    """Cosine-sim nearest code (argmax, no Gumbel noise at inference); returns the RAW stored codebook rows."""
+    """Cosine-sim nearest code (argmax, no Gumbel noise at inference); returns the RAW stored codebook rows.
 
-    def __init__(self, dim: int, codebook_size: int, chunk_tokens: int = 2048) -> None:
+    In training mode (with gradients) it behaves as vector-quantize-pytorch 1.1.2 does in training: the output
+    values are the same codebook rows, gradients pass straight through to the encoder, and the codebook follows an
+    exponential moving average (decay 0.8) of the normalised vectors assigned to each code.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, chunk_tokens: int = 2048, decay: float = 0.8) -> None:
         super().__init__()
         self._codebook = Codebook(dim, codebook_size)
         self.chunk_tokens = chunk_tokens  # bounds the (tokens × codes) similarity matrix's memory
+        self.decay = decay
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) → (B, N) code indices. Computed in fp32 whatever the input dtype: argmax near-ties matter."""
@@ -201,7 +219,23 @@ class VectorQuantize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.codes(x)
-        return self._codebook.embed[0][idx], idx
+        quantised = self._codebook.embed[0][idx]
+        if self.training and torch.is_grad_enabled():
+            self._ema_update(x.detach(), idx)
+            quantised = x + (quantised - x).detach()  # straight-through estimator
+        return quantised, idx
+
+    @torch.no_grad()
+    def _ema_update(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        embed = self._codebook.embed[0]  # (K, D)
+        flat = l2norm(x.float().reshape(-1, x.shape[-1]))
+        codes = idx.reshape(-1)
+        counts = torch.bincount(codes, minlength=embed.shape[0]).float()
+        sums = torch.zeros_like(embed).index_add_(0, codes, flat)
+        used = counts > 0
+        means = l2norm(sums[used] / counts[used, None])
+        self._codebook.cluster_size[0].lerp_(counts, 1 - self.decay)
+        embed[used] = l2norm(torch.lerp(embed[used], means, 1 - self.decay))
 
 
 class CTViT(nn.Module):
