@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.cli import add_engine_commands, run_command
+from engine.chat.cli_convert import add_convert_chat_command
+from engine.cli import add_chat_commands, add_engine_commands, add_model_commands, run_command
+from engine.cli_library import add_library_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--screenshot", type=Path, metavar="OUT.png", help="render the window to a PNG and exit")
     view.add_argument("--wl", metavar="PRESET", help="window/level preset: lung, mediastinum, bone, soft_tissue, brain")
     view.add_argument("--crosshair", metavar="X,Y,Z", help="crosshair position in LPS mm")
+    view.add_argument("--report-first-frame", action="store_true", help=argparse.SUPPRESS)  # benchmarks/viewer.py
     view.set_defaults(func=_run_view)
     add_engine_commands(sub)
+    add_model_commands(sub)
+    add_chat_commands(sub)
+    add_library_commands(sub)
+    add_convert_chat_command(sub)
     from training.cli_phantom import add_phantom_command
 
     add_phantom_command(sub)

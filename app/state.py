@@ -19,9 +19,13 @@ if TYPE_CHECKING:
     from engine.volume import Volume
 
 VIEW_NAMES = ("axial", "coronal", "sagittal")
+TOOLS = ("navigate", "ruler", "ellipse", "rectangle")  # what a plain left-drag does in a 2D view
+SLAB_MODES = ("none", "mip", "minip", "mean")  # thick-slab projections of the 2D views
+MAX_SLAB_MM = 200.0
 
 MIN_WINDOW_HU = 1.0
 ZOOM_RANGE = (0.1, 40.0)
+ELEVATION_LIMIT_DEG = 89.0  # the 3D turntable stops short of the poles, where "up" would flip
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,76 @@ class ViewTransform:
 
     zoom: float = 1.0
     pan_mm: tuple[float, float] = (0.0, 0.0)  # (right, up) on screen
+
+
+@dataclass(frozen=True)
+class Slab:
+    """A thick-slab projection in one 2D view: the maximum, minimum or mean over `thickness_mm` centred on the
+    slice ("none": the single slice)."""
+
+    mode: str = "none"
+    thickness_mm: float = 10.0
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class OrbitCamera:
+    """The 3D view's camera as a turntable around the volume centre.
+
+    Azimuth turns about the patient's S axis, elevation tilts toward S; (0, 0) looks at the patient from the front
+    (anterior), superior up, so patient left is on screen right as in the coronal view. Zoom 1 fits the volume.
+    """
+
+    azimuth_deg: float = 0.0
+    elevation_deg: float = 0.0
+    zoom: float = 1.0
+    pan_mm: tuple[float, float] = (0.0, 0.0)  # (right, up) on screen, at the focal plane
+
+    def rotated(self, d_azimuth_deg: float, d_elevation_deg: float) -> OrbitCamera:
+        elevation = min(max(self.elevation_deg + d_elevation_deg, -ELEVATION_LIMIT_DEG), ELEVATION_LIMIT_DEG)
+        azimuth = (self.azimuth_deg + d_azimuth_deg + 180.0) % 360.0 - 180.0
+        return replace(self, azimuth_deg=azimuth, elevation_deg=elevation)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """The part of the volume the 3D view shows, as (low, high) fractions 0–1 of its extent along each patient
+    axis: x from R to L, y from A to P, z from I to S (the index axis nearest each, for oblique series)."""
+
+    x: tuple[float, float] = (0.0, 1.0)
+    y: tuple[float, float] = (0.0, 1.0)
+    z: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def ranges(self) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        return self.x, self.y, self.z
+
+    @property
+    def is_full(self) -> bool:
+        return all(r == (0.0, 1.0) for r in self.ranges)
+
+    def clamped(self) -> CropBox:
+        """Each range inside 0–1 and at least 1 % wide."""
+        fixed = []
+        for low, high in self.ranges:
+            low, high = min(max(float(low), 0.0), 0.99), min(max(float(high), 0.01), 1.0)
+            fixed.append((low, max(high, low + 0.01)))
+        return CropBox(*fixed)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A ruler or an ROI drawn on one slice of one view: its two defining points as fractional (k, i, j) indices
+    (the ruler's ends; the ROI's opposite bounding-box corners), both on slice `slice_index` of `view`."""
+
+    kind: str  # "ruler", "ellipse" or "rectangle"
+    view: str
+    slice_index: int
+    start_ijk: tuple[float, float, float]
+    end_ijk: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -65,6 +139,10 @@ class ViewerState:
     crosshair_moved = Signal(tuple)  # LPS mm of the new crosshair
     window_level_changed = Signal(float, float)  # window_hu, level_hu
     view_transform_changed = Signal(str)  # the view whose zoom/pan changed
+    scene_3d_changed = Signal()  # the 3D view's preset, camera or crop box changed
+    tool_changed = Signal(str)
+    slab_changed = Signal(str)  # the view whose slab changed
+    measurements_changed = Signal()
 
     def __init__(self, window_hu: float = 400.0, level_hu: float = 40.0) -> None:
         self._volume: Volume | None = None
@@ -73,6 +151,12 @@ class ViewerState:
         self._window_hu = max(float(window_hu), MIN_WINDOW_HU)
         self._level_hu = float(level_hu)
         self._transforms = {name: ViewTransform() for name in VIEW_NAMES}
+        self._volume_preset = "soft_tissue"
+        self._camera_3d = OrbitCamera()
+        self._crop_box = CropBox()
+        self._tool = "navigate"
+        self._slabs = {name: Slab() for name in VIEW_NAMES}
+        self._measurements: tuple[Measurement, ...] = ()
 
     # --- study ----------------------------------------------------------------------------------------------------
     @property
@@ -80,9 +164,13 @@ class ViewerState:
         return self._volume
 
     def set_volume(self, volume: Volume | None) -> None:
-        """Show a new study: crosshair to the central voxel, zoom/pan reset; W/L is kept (the reader's choice)."""
+        """Show a new study: crosshair to the central voxel, zoom/pan, 3D camera and crop reset; W/L and the 3D
+        preset are kept (the reader's choice)."""
         self._volume = volume
         self._transforms = {name: ViewTransform() for name in VIEW_NAMES}
+        self._camera_3d, self._crop_box = OrbitCamera(), CropBox()
+        self._measurements = ()
+        self.measurements_changed.emit()
         if volume is not None:
             self._crosshair_ijk = tuple(int(n) // 2 for n in volume.shape)  # type: ignore[assignment]
             self._crosshair_lps = volume.index_to_lps(*self._crosshair_ijk)
@@ -164,6 +252,76 @@ class ViewerState:
         self.set_transform(view, replace(t, pan_mm=(t.pan_mm[0] + right_mm, t.pan_mm[1] + up_mm)))
 
     def reset_views(self) -> None:
-        """R: every view back to fit-to-window, unpanned."""
+        """R: every view back to fit-to-window, unpanned; the 3D camera back to the front view (crop kept)."""
         for name in VIEW_NAMES:
             self.set_transform(name, ViewTransform())
+        self.set_camera_3d(OrbitCamera())
+
+    # --- 3D view --------------------------------------------------------------------------------------------------
+    @property
+    def volume_preset(self) -> str:
+        """Name of the 3D transfer-function preset (see `resources/presets/volume.toml`)."""
+        return self._volume_preset
+
+    def set_volume_preset(self, name: str) -> None:
+        if name != self._volume_preset:
+            self._volume_preset = name
+            self.scene_3d_changed.emit()
+
+    @property
+    def camera_3d(self) -> OrbitCamera:
+        return self._camera_3d
+
+    def set_camera_3d(self, camera: OrbitCamera) -> None:
+        zoom = float(min(max(camera.zoom, ZOOM_RANGE[0]), ZOOM_RANGE[1]))
+        camera = replace(camera, zoom=zoom).rotated(0.0, 0.0)  # normalise the angles
+        if camera != self._camera_3d:
+            self._camera_3d = camera
+            self.scene_3d_changed.emit()
+
+    @property
+    def crop_box(self) -> CropBox:
+        return self._crop_box
+
+    def set_crop_box(self, crop: CropBox) -> None:
+        crop = crop.clamped()
+        if crop != self._crop_box:
+            self._crop_box = crop
+            self.scene_3d_changed.emit()
+
+    # --- measurement tools ----------------------------------------------------------------------------------------
+    @property
+    def tool(self) -> str:
+        return self._tool
+
+    def set_tool(self, tool: str) -> None:
+        if tool not in TOOLS:
+            raise ValueError(f"Unknown tool {tool!r}: one of {', '.join(TOOLS)}")
+        if tool != self._tool:
+            self._tool = tool
+            self.tool_changed.emit(tool)
+
+    @property
+    def measurements(self) -> tuple[Measurement, ...]:
+        return self._measurements
+
+    def add_measurement(self, measurement: Measurement) -> None:
+        self._measurements = (*self._measurements, measurement)
+        self.measurements_changed.emit()
+
+    def clear_measurements(self) -> None:
+        if self._measurements:
+            self._measurements = ()
+            self.measurements_changed.emit()
+
+    # --- thick slab -----------------------------------------------------------------------------------------------
+    def slab(self, view: str) -> Slab:
+        return self._slabs[view]
+
+    def set_slab(self, view: str, slab: Slab) -> None:
+        if slab.mode not in SLAB_MODES:
+            raise ValueError(f"Unknown slab mode {slab.mode!r}: one of {', '.join(SLAB_MODES)}")
+        slab = replace(slab, thickness_mm=float(min(max(slab.thickness_mm, 0.0), MAX_SLAB_MM)))
+        if slab != self._slabs[view]:
+            self._slabs[view] = slab
+            self.slab_changed.emit(view)

@@ -73,6 +73,94 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:  # type:
     models.set_defaults(func=run_models)
 
 
+def add_chat_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `ask` and `report` (CT-CHAT on llama.cpp)."""
+    from engine.chat.prompts import MODES
+
+    ask = subparsers.add_parser(
+        "ask", help="ask CT-CHAT a question about a study (streams the answer)",
+        description="Encode the study at PATH with CT-CLIP, project its tokens and stream CT-CHAT's answer.",
+    )
+    ask.add_argument("path", type=Path, metavar="PATH")
+    ask.add_argument("question")
+    ask.add_argument("--mode", choices=MODES, default=None, help="CT-CHAT's answer style (task token)")
+    report = subparsers.add_parser(
+        "report", help="draft a radiology report for a study with CT-CHAT",
+        description="CT-CHAT's report-generation task on the study at PATH (a draft, for research use only).",
+    )
+    report.add_argument("path", type=Path, metavar="PATH")
+    for command in (ask, report):
+        command.add_argument("--model", default=None, metavar="GGUF_OR_DIR",
+                             help="a chat bundle folder, or a .gguf with --projector; default: the model store's "
+                             "chat bundle, else the demo pack")
+        command.add_argument("--projector", type=Path, metavar="FILE", help="CT-CHAT projector weights for a .gguf")
+        command.add_argument("--clip-model", default=None, metavar="FILE_OR_DIR|demo",
+                             help="CT-CLIP that encodes the study (as `ctdesk findings --model`)")
+        command.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+        command.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+        command.add_argument("--n-ctx", type=int, default=4096, help="the LLM's context in tokens (default 4096)")
+        command.add_argument("--threads", type=int, help="CPU threads for the LLM (default: physical cores)")
+        command.add_argument("--store", type=Path, help="model store folder")
+        command.add_argument("--tokenizer", type=Path, help="folder with CXR-BERT's vocab.txt")
+        command.add_argument("--device", help="cpu, cuda or cuda:N for CT-CLIP and the projector")
+        command.add_argument("--series", help="series UID or index (from `ctdesk info`)")
+        command.add_argument("--rescale", metavar="SLOPE,INTERCEPT", help="apply to stored values")
+        command.add_argument("--metadata-csv", type=Path, help="CT-RATE metadata CSV giving RescaleSlope/Intercept")
+        command.set_defaults(func=run_chat, chat_task=command.prog.split()[-1])
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """`ask` and `report`: the chat model is checked before the (slow) encoding, then the answer streams."""
+    import time
+
+    from engine.chat.service import REPORT_QUESTION, ChatModel, resolve_chat_model
+    from engine.device import pick_device
+    from engine.findings import FindingsModel
+    from engine.io import open_volume
+    from engine.model_store import ModelStore
+    from engine.models.loading import load_ctclip, resolve_spec
+
+    question = getattr(args, "question", None) or REPORT_QUESTION
+    mode = "report_generation" if args.chat_task == "report" else args.mode
+    store = ModelStore(args.store)
+    device = pick_device(args.device)
+    t0 = time.perf_counter()
+    chat = ChatModel(resolve_chat_model(args.model, args.projector, store), device, n_ctx=args.n_ctx,
+                     n_threads=args.threads)
+    try:
+        clip_spec = resolve_spec(args.clip_model, store, args.tokenizer)
+        series: str | int | None = int(args.series) if args.series and args.series.isdigit() else args.series
+        volume = open_volume(args.path, series=series, metadata_csv=args.metadata_csv,
+                             rescale=_parse_rescale(args.rescale) if args.rescale else None)
+        loaded = load_ctclip(clip_spec, device=device,
+                             cache_dir=store.cache_dir if clip_spec.weights.suffix != ".safetensors" else None)
+        t_load = time.perf_counter() - t0
+        encoded = FindingsModel(loaded, device).encode(volume)
+
+        def stream(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        reply = chat.answer(encoded, question, mode, None if args.json else stream, max_new_tokens=args.max_tokens)
+    finally:
+        chat.close()
+    timings = {"load_models_s": t_load, "encode_s": encoded.seconds_preprocess + encoded.seconds_encode,
+               **reply.timings}
+    if args.json:
+        print(json.dumps({
+            "path": str(args.path), "question": question, "answer": reply.text, "mode": reply.mode,
+            "model": reply.model, "demo": chat.spec.demo, "label": chat.spec.label, "stop_reason": reply.stop_reason,
+            "tokens": {"prompt": reply.n_prompt_tokens, "generated": reply.n_generated},
+            "timings": {k: round(v, 3) for k, v in timings.items()}, "notice": RESEARCH_NOTICE,
+        }, indent=2, ensure_ascii=False))
+        return 0
+    badge = f" — {chat.spec.label}" if chat.spec.label else ""
+    print(f"\n\n[{reply.model}{badge} · {reply.n_generated} tokens, {reply.timings['tokens_per_s']:.1f} tok/s · "
+          f"first token {reply.timings['first_token_s']:.2f} s after encoding]")
+    print(RESEARCH_NOTICE)
+    return 0
+
+
 def run_findings(args: argparse.Namespace) -> int:
     import time
 

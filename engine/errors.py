@@ -57,6 +57,23 @@ class CheckpointMismatch(EngineError):
     """A weights file does not have the layout the model expects; the message names the likely cause."""
 
 
+class UnsupportedModel(EngineError):
+    """A valid model this engine deliberately does not handle (e.g. an architecture or tokenizer it cannot convert)."""
+
+
+class ChatBackendCrashed(EngineError):
+    """The chat model's process stopped unexpectedly (native crash, out of memory, killed); the next request
+    starts a fresh one."""
+
+
+class LibraryError(EngineError):
+    """A case library cannot be opened or changed as asked (damaged files, made by a newer ctdesk…)."""
+
+
+class LibraryModelMismatch(LibraryError):
+    """Latents from a different model than the one that filled the library: they would not be comparable."""
+
+
 class Cancelled(EngineError):
     """The user (or a newer request) cancelled the work."""
 

@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY="$ROOT/.venv/bin/python"
 
-extras="viewer,ai,chat,train"; [ "$WITH_DEV" = 1 ] && extras="viewer,ai,chat,train,dev"
+extras="viewer,ai,chat,library,train"; [ "$WITH_DEV" = 1 ] && extras="viewer,ai,chat,library,train,dev"
 stamp_key=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)-$extras
 stamp=".venv/.ctdesk-setup-$stamp_key"
 if [ ! -f "$stamp" ]; then

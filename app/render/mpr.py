@@ -17,6 +17,7 @@ bottom-left voxel. Display coordinates are Qt logical pixels of the view, y down
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,6 +46,13 @@ _SCREEN_AXES = {
 _FORWARD = {"axial": (2, +1), "coronal": (1, -1), "sagittal": (0, +1)}
 
 FIT_MARGIN = 1.04  # leave room around the slice for the orientation letters
+_SLAB_SETTERS = {"mip": "SetSlabModeToMax", "minip": "SetSlabModeToMin", "mean": "SetSlabModeToMean"}
+
+
+def slab_slices(thickness_mm: float, spacing_mm: float) -> int:
+    """Whole slices in a slab of about `thickness_mm`: an odd number, so the slab is centred on the slice shown."""
+    half = math.floor((max(thickness_mm, 0.0) / spacing_mm - 1) / 2 + 0.5 + 1e-9)  # halves round up
+    return 2 * max(half, 0) + 1
 
 
 def direction_letters(lps: np.ndarray, threshold: float = 0.3) -> str:
@@ -244,6 +252,8 @@ class MprPlane:
         self.view = view
         self.geometry: PlaneGeometry | None = None
         self.slice_index = 0
+        self.slab_mode = "none"
+        self.slab_slices = 1
         self.closed = False
         self._reslice = vtkImageReslice()
         self._reslice.SetOutputDimensionality(2)
@@ -282,7 +292,8 @@ class MprPlane:
         self._reslice.SetInputData(image if image is not None else volume_to_vtk_image(volume))
         nr, nu = self.geometry.size_px
         sr, su = self.geometry.pixel_mm
-        self._reslice.SetOutputSpacing(sr, su, 1.0)
+        # The normal's spacing is one voxel, so a slab's samples land on whole slices.
+        self._reslice.SetOutputSpacing(sr, su, volume.spacing_mm[self.geometry.normal_axis])
         self._reslice.SetOutputExtent(0, nr - 1, 0, nu - 1, 0, 0)
         self._actor.SetVisibility(True)
         self.slice_index = -1
@@ -302,6 +313,29 @@ class MprPlane:
     def set_window_level(self, window_hu: float, level_hu: float) -> None:
         self._colors.SetLookupTable(grey_lookup_table(window_hu, level_hu))
 
+    def set_slab(self, mode: str, thickness_mm: float) -> bool:
+        """Thick slab: "mip", "minip" or "mean" over about `thickness_mm` centred on the slice; "none" for the
+        slice alone. Voxels outside the volume are left out, not counted as background. True if it changed."""
+        n = 1
+        if mode != "none" and self.geometry is not None:
+            n = slab_slices(thickness_mm, self.geometry.spacing_mm[self.geometry.normal_axis])
+        if mode == "none" or n == 1:
+            mode, n = "none", 1
+        if (mode, n) == (self.slab_mode, self.slab_slices):
+            return False
+        self.slab_mode, self.slab_slices = mode, n
+        if mode != "none":
+            getattr(self._reslice, _SLAB_SETTERS[mode])()
+        self._reslice.SetSlabNumberOfSlices(n)
+        return True
+
+    @property
+    def slab_thickness_mm(self) -> float:
+        """The slab's real thickness (whole slices), 0 without a slab."""
+        if self.slab_mode == "none" or self.geometry is None:
+            return 0.0
+        return self.slab_slices * self.geometry.spacing_mm[self.geometry.normal_axis]
+
     def mapping(self, width: float, height: float, zoom: float = 1.0,
                 pan_mm: tuple[float, float] = (0.0, 0.0)) -> ViewportMapping | None:
         if self.geometry is None:
@@ -309,9 +343,18 @@ class MprPlane:
         return ViewportMapping.fit(self.geometry, width, height, zoom, pan_mm)
 
     def render(self, width_px: int, height_px: int, mapping: ViewportMapping | None = None) -> np.ndarray:
-        """Render at `width_px`×`height_px` device pixels → (height, width, 3) uint8, top row first.
+        """Render at `width_px`×`height_px` device pixels → (height, width, 3) uint8 RGB, top row first.
 
         `mapping` (in logical pixels; defaults to fit) places the camera; its aspect must match the pixel size.
+        """
+        return np.ascontiguousarray(self.render_rgb32(width_px, height_px, mapping)[..., :3])
+
+    def render_rgb32(self, width_px: int, height_px: int, mapping: ViewportMapping | None = None) -> np.ndarray:
+        """Like `render`, as (height, width, 4) uint8 in the byte layout of Qt's `QImage.Format_RGB32`, which Qt
+        paints without converting (5–10× faster than RGB888 per paint).
+
+        VTK reads back R, G, B, A; RGB32 is B, G, R, X in memory. The plane's lookup table is grey (R = G = B), so
+        the read-back is used as is — a colour lookup table would need its red and blue swapped here.
         """
         if self.closed:
             raise RuntimeError("MprPlane.render after close()")
@@ -328,9 +371,9 @@ class MprPlane:
         if tuple(self._window.GetSize()) != (width_px, height_px):
             self._window.SetSize(width_px, height_px)
         self._window.Render()
-        self._window.GetPixelData(0, 0, width_px - 1, height_px - 1, 0, self._pixels, 0)
-        rgb = vtk_to_numpy(self._pixels).reshape(height_px, width_px, 3)
-        return np.ascontiguousarray(rgb[::-1])  # OpenGL rows run bottom-up
+        self._window.GetRGBACharPixelData(0, 0, width_px - 1, height_px - 1, 0, self._pixels, 0)
+        rgba = vtk_to_numpy(self._pixels).reshape(height_px, width_px, 4)
+        return np.ascontiguousarray(rgba[::-1])  # OpenGL rows run bottom-up
 
     def close(self) -> None:
         """Release the offscreen GL context; the plane cannot render afterwards."""

@@ -45,6 +45,7 @@ class SliceOverlay:
     crosshair_mm: tuple[float, float]
     slice_text: str  # "96/191 · z 398.5 mm"
     window_level_text: str  # "W 1500 · L -600"
+    slab_text: str = ""  # "MIP 12.5 mm (5 slices)", empty without a slab
 
 
 # Which other view's plane shows up as a vertical / horizontal line: the screen axes of each view are the other two
@@ -74,8 +75,18 @@ def window_level_text(window_hu: float, level_hu: float) -> str:
     return f"W {window_hu:.0f} · L {level_hu:.0f}"
 
 
+SLAB_NAMES = {"mip": "MIP", "minip": "MinIP", "mean": "Mean"}
+
+
+def slab_text(mode: str, thickness_mm: float, slices: int) -> str:
+    if mode == "none":
+        return ""
+    return f"{SLAB_NAMES[mode]} slab {thickness_mm:.1f} mm ({slices} slices)"
+
+
 def build_overlay(geometry: PlaneGeometry, volume: Volume, crosshair_ijk: tuple[int, int, int],
-                  window_hu: float, level_hu: float) -> SliceOverlay:
+                  window_hu: float, level_hu: float, *, slab_mode: str = "none", slab_thickness_mm: float = 0.0,
+                  slab_slices: int = 1) -> SliceOverlay:
     crosshair = geometry.index_to_plane((float(crosshair_ijk[0]), float(crosshair_ijk[1]), float(crosshair_ijk[2])))
     return SliceOverlay(
         title=VIEW_TITLES[geometry.view],
@@ -85,4 +96,5 @@ def build_overlay(geometry: PlaneGeometry, volume: Volume, crosshair_ijk: tuple[
         crosshair_mm=crosshair,
         slice_text=slice_text(geometry, volume, crosshair_ijk),
         window_level_text=window_level_text(window_hu, level_hu),
+        slab_text=slab_text(slab_mode, slab_thickness_mm, slab_slices),
     )

@@ -21,17 +21,24 @@ _ORIENTATION_NAMES = {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal"
 _CONTROLS = (
     ("Wheel · ↑↓ · PgUp/PgDn", "previous / next slice"),
     ("Shift + click / drag", "move the crosshair (all views)"),
-    ("Left-drag", "window (←→) / level (↑↓)"),
+    ("Left-drag", "window (←→) / level (↑↓), or the measuring tool"),
     ("Right-drag", "zoom"),
     ("Middle-drag", "pan"),
+    ("Double-click · F11", "maximise / restore a view"),
     ("1 – 5", "W/L presets"),
-    ("R", "reset zoom and pan"),
+    ("N · M · E · B", "navigate · ruler · ellipse ROI · rectangle ROI"),
+    ("Esc", "drop the measurement being drawn, or clear all"),
+    ("R", "reset zoom and pan (and the 3D camera)"),
+    ("Space", "cine: scroll the active view (3D: spin)"),
+    ("3D: left / right / middle-drag", "rotate / zoom / pan"),
+    ("Ctrl+1 – 4", "3D presets"),
+    ("Ctrl+Shift+S · Ctrl+Alt+S", "screenshot of the view · of the layout"),
     ("Ctrl+O · drop a file/folder", "open a study"),
 )
 
 
 class StudyInfoPanel(QScrollArea):
-    """The fourth cell of the grid: study metadata, geometry, warnings and a controls reminder."""
+    """The "Study info" dock: study metadata, geometry, warnings and a controls reminder."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)

@@ -60,11 +60,16 @@ def _read_frames_into(frames: tuple[FrameHeader, ...], out: np.ndarray, progress
         return _rescale_into(stored, frame, out[k])
 
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dicom-read") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dicom-read")
+    try:
         for done, ok in enumerate(pool.map(work, range(n)), start=1):
             fits &= ok
             if progress is not None and (done % 16 == 0 or done == n):
-                progress(done / n, f"Reading slice {done} of {n}")  # may raise Cancelled; the pool then drains
+                progress(done / n, f"Reading slice {done} of {n}")  # may raise Cancelled
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # a cancel or an error stops the frames not yet started
+        raise
+    pool.shutdown(wait=True)
     return fits
 
 

@@ -6,6 +6,8 @@ import os
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+# Never read or write the user's real settings (recent studies…), in this process or in the ones tests start.
+os.environ["CTDESK_SETTINGS"] = os.path.join(__import__("tempfile").mkdtemp(prefix="ctdesk-test-"), "settings.ini")
 
 from collections.abc import Iterator  # noqa: E402
 
@@ -30,6 +32,12 @@ def _no_leaked_render_windows() -> Iterator[None]:
         pass
     assert (live_plane_count(), live_volume_renderer_count()) == before, (
         "a test left MprPlane / VolumeRenderer render windows open (call close()/release())")
+
+
+@pytest.fixture(autouse=True)
+def _own_settings(tmp_path, monkeypatch) -> None:
+    """Each test starts with empty settings."""
+    monkeypatch.setenv("CTDESK_SETTINGS", str(tmp_path / "ctdesk-settings.ini"))
 
 
 @pytest.fixture

@@ -51,3 +51,7 @@ def as_right_to_left_flipped(volume: Volume) -> Volume:
     direction[:, 2] *= -1
     origin = volume.index_to_lps(0, 0, volume.shape[2] - 1)
     return Volume(stored, volume.spacing_mm, origin, direction, volume.meta, volume.warnings)
+
+
+# The same anatomy stored three ways: as acquired axially, as coronal slices, and with columns toward the right.
+STORAGES_FOR_TESTS = {"axial": lambda v: v, "coronal": as_coronal_storage, "right-to-left": as_right_to_left_flipped}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
-from PySide6.QtGui import QMouseEvent, QWheelEvent
-from PySide6.QtWidgets import QApplication
+from qt_events import drag, send_mouse, wheel
 from slice_phantoms import LEFT_BLOCK_HU, WATER_HU
 
 from app.main_window import MainWindow
@@ -23,28 +22,6 @@ def window(qtbot, phantom):
     qtbot.waitExposed(w)
     w.state.set_volume(phantom)
     return w
-
-
-def send_mouse(widget, kind: QEvent.Type, pos: QPointF, button=Qt.MouseButton.NoButton,
-               buttons=Qt.MouseButton.NoButton, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
-    """QTest cannot move the mouse with a button held in Qt 6, so drags are sent as raw events."""
-    global_pos = QPointF(widget.mapToGlobal(pos.toPoint()))
-    QApplication.sendEvent(widget, QMouseEvent(kind, pos, global_pos, button, buttons, modifiers))
-
-
-def drag(widget, button, start: QPointF, end: QPointF, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
-    send_mouse(widget, QEvent.Type.MouseButtonPress, start, button, button, modifiers)
-    for t in (0.5, 1.0):
-        send_mouse(widget, QEvent.Type.MouseMove, start + (end - start) * t, Qt.MouseButton.NoButton, button,
-                   modifiers)
-    send_mouse(widget, QEvent.Type.MouseButtonRelease, end, button, Qt.MouseButton.NoButton, modifiers)
-
-
-def wheel(widget, notches: int) -> None:
-    pos = QPointF(widget.width() / 2, widget.height() / 2)
-    event = QWheelEvent(pos, QPointF(widget.mapToGlobal(pos.toPoint())), QPoint(0, 0), QPoint(0, 120 * notches),
-                        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
-    QApplication.sendEvent(widget, event)
 
 
 def test_one_wheel_notch_moves_the_crosshair_by_exactly_one_slice_spacing(window, phantom) -> None:

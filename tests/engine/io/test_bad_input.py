@@ -413,3 +413,32 @@ def test_files_gone_between_discover_and_open(transfer_syntax: str, tmp_path: Pa
     [info] = discover(tmp_path / "usb")
     paths[1].unlink()
     _fails(StudyError, lambda: open_volume(tmp_path / "usb", series=info))
+
+
+def test_cancelling_a_pixel_read_stops_the_remaining_frames(tmp_path) -> None:
+    """Cancel takes effect at the next progress report, not after every frame has been decoded."""
+    import numpy as np
+
+    from engine.errors import Cancelled
+    from engine.io import dicom_pixels, discover, open_volume
+    from engine.io.dicom_writer import write_dicom_series
+    from engine.volume import Volume
+
+    axial = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    write_dicom_series(Volume(np.zeros((160, 16, 16), np.int16), (1.0, 1.0, 1.0), (0, 0, 0), axial), tmp_path / "s")
+    (info,) = discover(tmp_path / "s")
+    decoded: list[int] = []
+    real = dicom_pixels._read_native_into_int16
+
+    def counting(frame, dest):
+        decoded.append(1)
+        return real(frame, dest)
+
+    def cancel(fraction: float, message: str) -> None:
+        raise Cancelled()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dicom_pixels, "_read_native_into_int16", counting)
+        with pytest.raises(Cancelled):
+            open_volume(tmp_path / "s", series=info, progress=cancel)
+    assert len(decoded) < 160
