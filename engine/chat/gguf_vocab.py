@@ -63,9 +63,9 @@ class GGUFVocab:
 
 def read_vocab(folder: Path, n_vocab: int) -> GGUFVocab:
     """The GGUF vocabulary for a model whose embedding has `n_vocab` rows (holes become unused `[PADn]` tokens)."""
-    config = _read_json(folder / "tokenizer_config.json")
+    config = read_json_object(folder / "tokenizer_config.json")
     if (folder / "tokenizer.json").is_file():
-        data = _read_json(folder / "tokenizer.json")
+        data = read_json_object(folder / "tokenizer.json")
         model_type = data.get("model", {}).get("type")
         if model_type == "BPE" and _is_byte_level(data):
             vocab = _bpe_vocab(data, n_vocab, folder)
@@ -124,7 +124,7 @@ def _sentencepiece_vocab(folder: Path, n_vocab: int, config: dict[str, Any]) -> 
                 else BYTE if sp.IsByte(i) else NORMAL)
         by_id[i] = (sp.IdToPiece(i), kind)
         scores[i] = float(sp.GetScore(i))
-    added = {t: int(i) for t, i in _read_json(folder / "added_tokens.json").items()}
+    added = {t: int(i) for t, i in read_json_object(folder / "added_tokens.json").items()}
     for i, entry in config.get("added_tokens_decoder", {}).items():
         added.setdefault(_token_text(entry) or "", int(i))
     special_texts = {_token_text(entry) for entry in config.get("added_tokens_decoder", {}).values()
@@ -205,7 +205,7 @@ def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:
     if not template and (folder / "chat_template.jinja").is_file():  # transformers ≥ 4.52 saves it apart
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if not template and (folder / "chat_template.json").is_file():
-        template = _read_json(folder / "chat_template.json").get("chat_template")
+        template = read_json_object(folder / "chat_template.json").get("chat_template")
     return str(template) if template else None
 
 
@@ -215,7 +215,8 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder; {} when the file is absent (optional tokenizer/config files)."""
     if not path.is_file():
         return {}
     try:

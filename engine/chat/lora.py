@@ -11,7 +11,6 @@ new tokens) so every load — and the GGUF written from it — is the same, and 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings as warnings_module
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine.chat.gguf_vocab import read_json_object
 from engine.errors import CheckpointMismatch, MissingDependency, UnsupportedModel
 from engine.models.projector import CTChatProjector
 
@@ -72,7 +72,7 @@ def check_ctchat_folders(lora_dir: str | os.PathLike[str], base_dir: str | os.Pa
         raise CheckpointMismatch(f"The base model folder {base} has no config.json.")
     if not any((base / f).is_file() for f in BASE_WEIGHT_FILES):
         raise CheckpointMismatch(f"The base model folder {base} holds no weights ({', '.join(BASE_WEIGHT_FILES)}).")
-    config = _read_json(base / "config.json")
+    config = read_json_object(base / "config.json")
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModel(f"The base model in {base} is a {arch}; CT-CHAT runs on the Llama family "
@@ -137,7 +137,7 @@ def load_ctchat(lora_dir: str | os.PathLike[str], base_dir: str | os.PathLike[st
 def tokenizer_size(folder: Path) -> int:
     """Number of token ids (highest id + 1) of the tokenizer in `folder`, added tokens included."""
     if (folder / "tokenizer.json").is_file():
-        data = _read_json(folder / "tokenizer.json")
+        data = read_json_object(folder / "tokenizer.json")
         ids = list(data.get("model", {}).get("vocab", {}).values()) + [a["id"] for a in data.get("added_tokens", [])]
         return int(max(ids)) + 1
     try:  # SentencePiece (Llama 2, Vicuna, Mistral saved with use_fast=False): pieces + added_tokens.json
@@ -152,9 +152,9 @@ def tokenizer_size(folder: Path) -> int:
 def tokenizer_added_tokens(folder: Path) -> dict[str, int]:
     """Added tokens (text → id) of the tokenizer in `folder`."""
     if (folder / "tokenizer.json").is_file():
-        return {a["content"]: int(a["id"]) for a in _read_json(folder / "tokenizer.json").get("added_tokens", [])}
-    added = {t: int(i) for t, i in _read_json(folder / "added_tokens.json").items()}
-    for i, entry in _read_json(folder / "tokenizer_config.json").get("added_tokens_decoder", {}).items():
+        return {a["content"]: int(a["id"]) for a in read_json_object(folder / "tokenizer.json").get("added_tokens", [])}
+    added = {t: int(i) for t, i in read_json_object(folder / "added_tokens.json").items()}
+    for i, entry in read_json_object(folder / "tokenizer_config.json").get("added_tokens_decoder", {}).items():
         added.setdefault(str(entry.get("content")), int(i))
     return added
 
@@ -236,16 +236,6 @@ def _adapter_shapes(lora: Path) -> dict[str, tuple[int, ...]]:
     from engine.models.checkpoints import read_state_dict
 
     return {k: tuple(v.shape) for k, v in read_state_dict(lora / ADAPTER_FILES[1]).items()}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointMismatch(f"{path} is not readable JSON ({exc}).") from exc
-    return data if isinstance(data, dict) else {}
 
 
 def _first_line(exc: BaseException) -> str:
