@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from engine.resources import resources_dir
 
@@ -26,20 +27,28 @@ class WindowLevelPreset:
         return f"{self.label}  (W {self.window_hu:g} / L {self.level_hu:g})"
 
 
-@dataclass(frozen=True)
-class PresetTable:
-    """All presets in shortcut order, plus the one a new study opens with."""
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
 
-    presets: tuple[WindowLevelPreset, ...]
+
+P = TypeVar("P", bound=_Named)
+
+
+@dataclass(frozen=True)
+class PresetTable(Generic[P]):
+    """Named presets (window/level here, 3D transfer functions in volume.py) in menu order, plus the default."""
+
+    presets: tuple[P, ...]
     default_name: str
 
-    def find(self, name: str) -> WindowLevelPreset | None:
+    def find(self, name: str) -> P | None:
         """The preset called `name` (case and '-'/' ' vs '_' ignored), or None."""
         wanted = name.strip().lower().replace("-", "_").replace(" ", "_")
         return next((p for p in self.presets if p.name == wanted), None)
 
     @property
-    def default(self) -> WindowLevelPreset:
+    def default(self) -> P:
         return self.find(self.default_name) or self.presets[0]
 
     @property
@@ -51,7 +60,7 @@ def presets_path() -> Path:
     return resources_dir() / "presets" / "window_level.toml"
 
 
-def load_presets(path: Path | None = None) -> PresetTable:
+def load_presets(path: Path | None = None) -> PresetTable[WindowLevelPreset]:
     """Parse a preset file; raises ValueError naming the file and the bad entry, since a typo there is a site bug."""
     path = path or presets_path()
     with open(path, "rb") as f:
@@ -74,7 +83,7 @@ def load_presets(path: Path | None = None) -> PresetTable:
 
 
 @cache
-def default_presets() -> PresetTable:
+def default_presets() -> PresetTable[WindowLevelPreset]:
     """The bundled presets, read once."""
     return load_presets()
 

@@ -42,6 +42,7 @@ from vtkmodules.vtkRenderingCore import (
 from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper, vtkGPUVolumeRayCastMapper
 
 from app.render.mpr import axis_permutation, volume_to_vtk_image
+from app.render.presets import PresetTable
 from app.state import CropBox, OrbitCamera
 from engine.resources import resources_dir
 
@@ -79,18 +80,7 @@ class VolumePreset:
     specular_power: float = 10.0
 
 
-@dataclass(frozen=True)
-class VolumePresetTable:
-    presets: tuple[VolumePreset, ...]
-    default_name: str
-
-    def find(self, name: str) -> VolumePreset | None:
-        wanted = name.strip().lower().replace("-", "_").replace(" ", "_")
-        return next((p for p in self.presets if p.name == wanted), None)
-
-    @property
-    def default(self) -> VolumePreset:
-        return self.find(self.default_name) or self.presets[0]
+VolumePresetTable = PresetTable[VolumePreset]  # 3D presets share the lookup rules of the W/L table
 
 
 def volume_presets_path() -> Path:

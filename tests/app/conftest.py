@@ -43,3 +43,4 @@ def _own_settings(tmp_path, monkeypatch) -> None:
 @pytest.fixture
 def phantom():
     return phantom_volume()
+

@@ -6,8 +6,8 @@ import pytest
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QImage
 from qt_events import double_click
+from windows import show_window
 
-from app.main_window import MainWindow
 from app.settings import Settings
 
 SETTLE_MS = 60_000
@@ -15,13 +15,7 @@ SETTLE_MS = 60_000
 
 @pytest.fixture
 def window(qtbot, phantom):
-    w = MainWindow(volume_mapper="cpu")
-    qtbot.addWidget(w)
-    w.resize(1100, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    w.state.set_volume(phantom)
-    return w
+    return show_window(qtbot, phantom, volume_mapper="cpu")
 
 
 def centre(widget) -> QPointF:

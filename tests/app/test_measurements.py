@@ -7,8 +7,8 @@ import pytest
 from PySide6.QtCore import QPointF, Qt
 from qt_events import drag, move, press, release, wheel
 from slice_phantoms import STORAGES_FOR_TESTS, phantom_volume
+from windows import show_window
 
-from app.main_window import MainWindow
 from app.render.measure import roi_area_mm2, roi_stats, ruler_length_mm, slice_in_plane
 from app.render.mpr import PlaneGeometry
 from app.state import Measurement
@@ -70,12 +70,7 @@ def test_ruler_length_uses_true_spacing() -> None:
 # --- in the window ------------------------------------------------------------------------------------------------
 @pytest.fixture
 def window(qtbot, phantom):
-    w = MainWindow(volume_mapper="cpu")
-    qtbot.addWidget(w)
-    w.resize(1100, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    w.state.set_volume(phantom)
+    w = show_window(qtbot, phantom, volume_mapper="cpu")
     w.state.set_crosshair_index((20, 31, 32))
     return w
 

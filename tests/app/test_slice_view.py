@@ -7,21 +7,15 @@ import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
 from qt_events import drag, send_mouse, wheel
 from slice_phantoms import LEFT_BLOCK_HU, WATER_HU
+from windows import show_window
 
-from app.main_window import MainWindow
 from app.render.presets import default_presets
 from app.views.slice_view import SliceView
 
 
 @pytest.fixture
 def window(qtbot, phantom):
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.resize(1000, 760)
-    w.show()
-    qtbot.waitExposed(w)
-    w.state.set_volume(phantom)
-    return w
+    return show_window(qtbot, phantom, (1000, 760))
 
 
 def test_one_wheel_notch_moves_the_crosshair_by_exactly_one_slice_spacing(window, phantom) -> None:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPointF, Qt
 from qt_events import move, press, release, wheel
+from windows import show_window
 
-from app.main_window import MainWindow
 from app.state import OrbitCamera
 
 SETTLE_MS = 60_000
@@ -16,12 +16,7 @@ SETTLE_MS = 60_000
 
 @pytest.fixture
 def window(qtbot, phantom):
-    w = MainWindow(volume_mapper="cpu")
-    qtbot.addWidget(w)
-    w.resize(1100, 760)
-    w.show()
-    qtbot.waitExposed(w)
-    w.state.set_volume(phantom)
+    w = show_window(qtbot, phantom, (1100, 760), volume_mapper="cpu")
     qtbot.waitUntil(lambda: w.volume_view.settled, timeout=SETTLE_MS)
     return w
 
