@@ -43,6 +43,11 @@ class SeriesInfo:
     _plan: GeometryPlan | None = field(default=None, repr=False, compare=False)
 
     @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Same as `spacing_mm` (slice, row, col) in mm."""
+        return self.spacing_mm
+
+    @property
     def label(self) -> str:
         """A short human label: "3: Chest 1.25 mm (CT, 300 slices)"."""
         number = f"{self.series_number}: " if self.series_number is not None else ""
