@@ -294,3 +294,37 @@ def random_projector_file(path: Path, llm_hidden_size: int, *, seed: int = 0, ou
             projector.proj[2].bias.zero_()
     save_file({k: v.contiguous() for k, v in projector.state_dict().items()}, str(path))
     return path
+
+
+# --- the engine service: a chat bundle around SmolLM2, a case library of phantoms (app panel tests) ----------------
+def smollm2_chat_bundle(folder: Path, *, seed: int = 0) -> Path:
+    """A chat bundle folder (ctdesk_chat.json) holding a link to SmolLM2's GGUF and a random projector scaled to
+    SmolLM2's embedding spread — what `EngineConfig(chat=…)` takes."""
+    from engine.chat.bundle import ChatBundle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gguf = smollm2_gguf()
+    (folder / gguf.name).symlink_to(gguf)
+    random_projector_file(folder / "projector.safetensors", 576, seed=seed, out_std=0.136)
+    ChatBundle(folder, "SmolLM2-135M-Instruct", gguf.name, "projector.safetensors", "chat_template", 576,
+               demo=True, label="test chat model: SmolLM2 with a random projector").save()
+    return folder
+
+
+def phantom_case_library(folder: Path, clip_bundle: Path, cases: list[list[str]], *,
+                         shape: tuple[int, int, int] = (32, 64, 64), seed: int = 20) -> list[Path]:
+    """A case library in `folder/library` filled by `clip_bundle` with one phantom NIfTI (+ report.txt and
+    labels.json) per entry of `cases` (its findings); returns the studies' paths in case-id order."""
+    from engine.case_library import CaseLibrary
+    from engine.library_import import add_studies, load_encoder
+    from training.phantoms import make_phantom, write_phantom
+
+    paths = []
+    for n, findings in enumerate(cases):
+        phantom = make_phantom(findings, seed=seed + n, shape=shape)
+        paths.append(write_phantom(phantom, folder / "studies" / f"case{n}" / "phantom.nii.gz")[0])
+    encoder = load_encoder(None, str(clip_bundle), device="cpu")
+    with CaseLibrary(folder / "library") as library:
+        report = add_studies(library, [p.parent for p in paths], encoder)  # a folder: its report.txt is read
+        assert report.added == len(cases), report.problems
+    return paths
