@@ -27,6 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--wl", metavar="PRESET", help="window/level preset: lung, mediastinum, bone, soft_tissue, brain")
     view.add_argument("--crosshair", metavar="X,Y,Z", help="crosshair position in LPS mm")
     view.add_argument("--report-first-frame", action="store_true", help=argparse.SUPPRESS)  # benchmarks/viewer.py
+    ai = view.add_argument_group("AI")
+    ai.add_argument("--wait-ai", action="store_true",
+                    help="with --screenshot: wait until findings and similar cases are shown (or failed) first")
+    ai.add_argument("--ai-timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="longest wait for --wait-ai (default 600); the screenshot is taken anyway, exit code 1")
+    ai.add_argument("--show-map", metavar="FINDING",
+                    help="with --wait-ai: also show where FINDING is most likely (crosshair on its peak)")
+    ai.add_argument("--no-ai", action="store_true", help="the viewer alone: no AI engine, no AI panels")
+    ai.add_argument("--model", default=None, metavar="FILE_OR_DIR|demo",
+                    help="CT-CLIP: weights file, model bundle folder or 'demo' (default: the model store, else demo)")
+    ai.add_argument("--chat-model", default=None, metavar="DIR|demo", help="CT-CHAT bundle folder or 'demo'")
+    ai.add_argument("--library", type=Path, default=None, metavar="DIR", help="case library folder for similar cases")
+    ai.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the models run")
     view.set_defaults(func=_run_view)
     add_engine_commands(sub)
     add_model_commands(sub)

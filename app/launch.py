@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PySide6.QtWidgets import QApplication
 
     from app.main_window import MainWindow
+    from engine.service import Engine
     from engine.volume import Volume
 
 SCREENSHOT_SIZE = (1440, 960)
@@ -85,6 +88,11 @@ def launch_viewer(args: argparse.Namespace) -> int:
     wl_text: str | None = getattr(args, "wl", None)
     crosshair_text: str | None = getattr(args, "crosshair", None)
     report_first_frame = bool(getattr(args, "report_first_frame", False))
+    wait_ai = bool(getattr(args, "wait_ai", False))
+    show_map: str | None = getattr(args, "show_map", None)
+    if wait_ai and (screenshot is None or getattr(args, "no_ai", False)):
+        print("ctdesk: --wait-ai needs --screenshot OUT.png (and no --no-ai).", file=sys.stderr)
+        return 2
     problem = _prepare_environment(screenshot is not None or report_first_frame)
     if problem is not None:
         print(f"ctdesk: {problem}", file=sys.stderr)
@@ -120,7 +128,10 @@ def launch_viewer(args: argparse.Namespace) -> int:
     app.setApplicationName("ctdesk")
     apply_dark_theme(app)
     scripted = screenshot is not None or report_first_frame
-    window = MainWindow(dialogs=not scripted, remember=not scripted, loader=loader)
+    # The AI engine comes with the interactive viewer and with --wait-ai; plain screenshots and timings skip it.
+    with_ai = not getattr(args, "no_ai", False) and (wait_ai or not scripted)
+    window = MainWindow(dialogs=not scripted, remember=not scripted, loader=loader,
+                        engine_factory=_engine_factory(args) if with_ai else None)
     if window_level is not None:  # before the first paint; the reader's later changes are theirs
         window.state.set_window_level(*window_level)
     outcome = {"code": 0}
@@ -136,6 +147,20 @@ def launch_viewer(args: argparse.Namespace) -> int:
         if report_first_frame:
             _report_frames(window)
             app.exit(0)
+        elif screenshot is not None and wait_ai:
+            timeout_s = float(getattr(args, "ai_timeout", 600.0))
+
+            def shoot() -> None:
+                _save_screenshot(window, screenshot, outcome)
+                app.exit(outcome["code"])
+
+            def after_ai() -> None:
+                if show_map and outcome["code"] == 0:
+                    _show_map(window, show_map, timeout_s, shoot, outcome)
+                else:
+                    shoot()
+
+            _when_ai_settled(window, timeout_s, after_ai, outcome)
         elif screenshot is not None:
             _save_screenshot(window, screenshot, outcome)
             app.exit(outcome["code"])
@@ -165,6 +190,69 @@ def launch_viewer(args: argparse.Namespace) -> int:
 
             qInstallMessageHandler(previous_handler)
     return int(code or outcome["code"])
+
+
+def _engine_factory(args: argparse.Namespace) -> Callable[[], Engine]:
+    """The Engine `ctdesk view`'s AI options ask for (made by the window once it shows)."""
+    from app.ai_docks import default_engine_factory
+
+    library = getattr(args, "library", None)
+    return default_engine_factory(ctclip=getattr(args, "model", None), chat=getattr(args, "chat_model", None),
+                                  library=Path(library).expanduser() if library else None,
+                                  device=getattr(args, "device", None) or "auto")
+
+
+def _when_ai_settled(window: MainWindow, timeout_s: float, then: Callable[[], object], outcome: dict[str, int]) -> None:
+    """Call `then` once findings and similar cases are shown or have failed (with their message in the panels), or
+    after `timeout_s` — then with a warning and exit code 1, the screenshot showing the AI unfinished."""
+    from PySide6.QtCore import QTimer
+
+    ai = window.ai
+    assert ai is not None
+    fired = {"done": False}
+
+    def finish(in_time: bool) -> None:
+        if fired["done"]:
+            return
+        fired["done"] = True
+        if not in_time:
+            waiting = ", ".join(sorted(ai.pending)) or "the AI engine to start"
+            print(f"ctdesk: the AI did not finish within {timeout_s:g} s (still waiting for {waiting}); "
+                  "the screenshot shows it unfinished.", file=sys.stderr)
+            outcome["code"] = 1
+        then()
+
+    if ai.settled:
+        finish(True)
+        return
+    ai.study_settled.connect(lambda: finish(True))
+    QTimer.singleShot(max(int(timeout_s * 1000), 0), window, lambda: finish(False))
+
+
+def _show_map(window: MainWindow, finding: str, timeout_s: float, then: Callable[[], object],
+              outcome: dict[str, int]) -> None:
+    """Select `finding` in the findings panel, wait for its map and put the crosshair on its peak, then `then`."""
+    from PySide6.QtCore import QTimer
+
+    assert window.ai is not None and window.ai.findings is not None
+    panel = window.ai.findings
+    fired = {"done": False}
+
+    def finish(problem: str | None) -> None:
+        if fired["done"]:
+            return
+        fired["done"] = True
+        if problem is None:
+            panel.go_to_peak()
+        else:
+            print(f"ctdesk: no map of {finding}: {problem}", file=sys.stderr)
+            outcome["code"] = 1
+        then()
+
+    panel.map_shown.connect(lambda _map: finish(None))
+    panel.map_failed.connect(finish)
+    QTimer.singleShot(max(int(timeout_s * 1000), 0), window, lambda: finish(f"not ready within {timeout_s:g} s"))
+    panel.select_finding(finding)
 
 
 def _silence_offscreen_noise() -> object:

@@ -33,11 +33,13 @@ from app.render.measure import measurement_text
 from app.render.mpr import MprPlane, ViewportMapping
 from app.render.overlays import SliceOverlay, build_overlay
 from app.state import Measurement, ProbeResult, ViewerState, probe_voxel
+from app.views.heat_layer import HeatLayer
 
 if TYPE_CHECKING:
     import numpy as np
     from vtkmodules.vtkCommonDataModel import vtkImageData
 
+    from app.render.finding_overlay import HeatOverlay
     from engine.volume import Volume
 
 WHEEL_STEP = 120  # angleDelta of one mouse-wheel notch; trackpads send smaller deltas that add up
@@ -70,6 +72,7 @@ class SliceView(QWidget):
         self._drawing_press: QPointF | None = None
         self._drawing_by_clicks = False
         self._wheel_rest = 0
+        self.heat = HeatLayer()  # a finding map over the slice (AI findings panel)
         self.setMinimumSize(160, 160)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
@@ -102,6 +105,11 @@ class SliceView(QWidget):
         slab = self.state.slab(self.view)
         self.plane.set_slab(slab.mode, slab.thickness_mm)
         self._frame_key = None
+        self.update()
+
+    def set_heat_overlay(self, overlay: HeatOverlay | None) -> None:
+        """Show a finding map over the slice (None removes it); the grey frame is not re-rendered."""
+        self.heat.set_overlay(overlay)
         self.update()
 
     def _on_crosshair_moved(self, _lps: tuple[float, float, float]) -> None:
@@ -199,6 +207,9 @@ class SliceView(QWidget):
             self.render_frame()
             if self._frame is not None:
                 painter.drawImage(QPointF(0, 0), self._frame)
+            mapping = self.mapping()
+            if mapping is not None and self.plane.geometry is not None and self.heat.drawn:
+                self.heat.paint(painter, self.plane.geometry, self.slice_index, mapping)
             self._paint_overlay(painter)
             self._paint_measurements(painter)
         finally:
