@@ -134,7 +134,8 @@ def main() -> None:
           f"({r['peak_rss_gb']:.2f} GB)")
     if args.device.startswith("cuda"):
         total = r["findings_run_s"]
-        print(f"target ≤ {TARGET_GPU_TOTAL_S} s preprocess+encode+findings on GPU: {verdict(total, TARGET_GPU_TOTAL_S)}")
+        print(f"target ≤ {TARGET_GPU_TOTAL_S} s preprocess+encode+findings on GPU: "
+              f"{verdict(total, TARGET_GPU_TOTAL_S)}")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,8 @@ def run_findings(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.model, store, args.tokenizer)
     device = pick_device(args.device)
     t1 = time.perf_counter()
-    loaded = load_ctclip(spec, device=device, cache_dir=store.cache_dir if spec.weights.suffix != ".safetensors" else None)
+    cache_dir = store.cache_dir if spec.weights.suffix != ".safetensors" else None
+    loaded = load_ctclip(spec, device=device, cache_dir=cache_dir)
     t_load = time.perf_counter() - t1
     result = FindingsModel(loaded, device).run(volume, args.finding)
     timings = {"open_s": t_open, "load_model_s": t_load, **result.timings}

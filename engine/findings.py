@@ -163,7 +163,8 @@ class FindingsModel:
                 torch.from_numpy(np.asarray(image_latent, dtype=np.float32))[None].to(self.device))[0].cpu()
         return {label: float(p) for label, p in zip(labels, probs.tolist(), strict=False)}
 
-    def run(self, volume: Volume, extra_findings: Sequence[str] = (), progress: Progress | None = None) -> FindingsResult:
+    def run(self, volume: Volume, extra_findings: Sequence[str] = (),
+            progress: Progress | None = None) -> FindingsResult:
         """Encode (or reuse) the study and score the 18 findings plus `extra_findings`."""
         encoded = self.encode(volume, progress)
         t0 = time.perf_counter()

@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_import_contracts_hold() -> None:
-    """import-linter's contracts from pyproject.toml (engine ↛ app/PySide6/VTK; app ↛ pydicom/torch…; training ↛ app)."""
+    """import-linter's contracts from pyproject.toml (engine ↛ app/PySide6/VTK; app ↛ pydicom/torch…;
+    training ↛ app)."""
     lint = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(lint), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -34,7 +35,8 @@ def test_every_engine_module_imports_without_qt_or_vtk() -> None:
         "sys.exit(1 if bad else 0)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, f"engine pulled in GUI modules: {result.stdout}{result.stderr}"
 
 

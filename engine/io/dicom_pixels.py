@@ -104,7 +104,8 @@ def _stored_values(frame: FrameHeader) -> np.ndarray:
 
 def _is_plain_native(frame: FrameHeader) -> bool:
     # Signed data with unused high bits needs sign extension: leave that to pydicom.
-    return frame.bits_allocated in (8, 16) and (frame.bits_stored == frame.bits_allocated or frame.pixel_representation == 0)
+    return frame.bits_allocated in (8, 16) and (frame.bits_stored == frame.bits_allocated
+                                                or frame.pixel_representation == 0)
 
 
 def _reads_straight_into(frame: FrameHeader, dest: np.ndarray) -> bool:

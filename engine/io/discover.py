@@ -164,7 +164,8 @@ def _scan(
         else:
             for frame in parsed:
                 if frame.is_localizer:
-                    skipped.append(Skipped(source, "localizer", "a localizer (scout)", frame.study_uid, frame.series_uid))
+                    skipped.append(Skipped(source, "localizer", "a localizer (scout)", frame.study_uid,
+                                           frame.series_uid))
                 else:
                     frames.append(frame)
         if progress is not None and (index % 64 == 0 or index == n):

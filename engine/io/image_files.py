@@ -162,7 +162,8 @@ def _to_hu_dtype(values: np.ndarray) -> np.ndarray:
         finite = np.isfinite(values)
         if not finite.all():
             raise CorruptStudy("The volume contains NaN or infinite voxel values.")
-        if values.size and values.min() >= _INT16.min and values.max() <= _INT16.max and np.all(values == np.rint(values)):
+        in_range = values.size and values.min() >= _INT16.min and values.max() <= _INT16.max
+        if in_range and np.all(values == np.rint(values)):
             return values.astype(np.int16)
         return values.astype(np.float32)
     raise UnsupportedStudy(f"Voxel type {values.dtype} is not a CT intensity type.")

@@ -59,7 +59,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         obj = torch.load(path, weights_only=True, map_location="cpu", mmap=_is_zip_pickle(path))
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # not a refused class: simply not a pickle (e.g. "invalid load key")
-            raise CheckpointMismatch(f"{path.name} is not a readable PyTorch weights file (not a weights pickle).") from exc
+            raise CheckpointMismatch(
+                f"{path.name} is not a readable PyTorch weights file (not a weights pickle).") from exc
         raise CheckpointMismatch(
             f"{path.name} contains Python objects that would need code execution to load; ctdesk only loads plain "
             "weights. Re-save it as a state dict (or safetensors) with a trusted copy of the original code."

@@ -96,7 +96,8 @@ class PEG(nn.Module):
 class Attention(nn.Module):
     """Cosine-sim attention: scale 8, learned q/k scales; k and v come from the UN-normalised input (upstream)."""
 
-    def __init__(self, dim: int, *, dim_head: int = 64, heads: int = 8, num_null_kv: int = 0, scale: float = 8.0) -> None:
+    def __init__(self, dim: int, *, dim_head: int = 64, heads: int = 8, num_null_kv: int = 0,
+                 scale: float = 8.0) -> None:
         super().__init__()
         inner = dim_head * heads
         self.heads, self.scale, self.num_null_kv = heads, scale, num_null_kv
@@ -282,7 +283,8 @@ class CTViT(nn.Module):
             if isinstance(m, Attention):
                 m.use_sdpa = enabled
 
-    def forward(self, video: torch.Tensor, *, return_codes: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, video: torch.Tensor, *,
+                return_codes: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Quantised tokens (B, t, h, w, dim); with `return_codes`, also the (B, t·h·w) code indices."""
         b, _, d, h, w = video.shape
         if (h, w) != self.image_size or d % self.temporal_patch_size:

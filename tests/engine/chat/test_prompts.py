@@ -7,7 +7,9 @@ import pytest
 from engine.chat.prompts import chat_messages, guardrail_text, llama3_system, render_prompt
 
 SYS = llama3_system()
-U, A, EOT = "<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"
+U = "<|start_header_id|>user<|end_header_id|>\n\n"
+A = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+EOT = "<|eot_id|>"
 
 
 def test_system_string_is_the_verbatim_guardrail() -> None:

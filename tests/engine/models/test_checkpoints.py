@@ -11,7 +11,7 @@ import torch
 from engine.errors import CheckpointMismatch
 from engine.models import checkpoints
 from engine.models.ctclip import CTCLIP, CTCLIPClassifier, build_ctclip
-from engine.models.loading import load_ctclip, official_config, resolve_spec
+from engine.models.loading import official_config
 
 REPO = Path(__file__).resolve().parents[3]
 MANIFEST = REPO.parent / "shared" / "reference" / "ctclip_state_dict_manifest.json"  # shared/ beside the checkout

@@ -46,10 +46,9 @@ def test_image_latent_is_normalised_mean_over_slice_tokens(model) -> None:
 
 
 def test_text_latent_is_projected_cls_of_the_real_minilm(model, tokenizer) -> None:
+    from builders import minilm_bert_config
     from safetensors.torch import load_file
     from transformers import BertConfig, BertModel
-
-    from builders import minilm_bert_config
 
     reference = BertModel(BertConfig(**minilm_bert_config()), add_pooling_layer=True).eval()
     reference.load_state_dict({k: v for k, v in load_file(str(minilm_dir() / "model.safetensors")).items()
