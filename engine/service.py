@@ -108,13 +108,22 @@ class ReportDraft:
 
 
 def default_library_dir() -> Path:
-    """$CTDESK_LIBRARY, else `library/` in the user's ctdesk data folder."""
+    """$CTDESK_LIBRARY, else `library/` in the user's ctdesk data folder, else the demo pack's phantom library.
+
+    The demo library (built by the setup command from phantoms with the demo CT-CLIP) is only a fallback when the
+    user has no library of their own, so similar cases work out of the box with the demo model.
+    """
     override = os.environ.get("CTDESK_LIBRARY")
     if override:
         return Path(override).expanduser()
     from platformdirs import user_data_dir
 
-    return Path(user_data_dir("ctdesk")) / "library"
+    from engine.case_library import CATALOGUE
+    from engine.resources import resources_dir
+
+    own = Path(user_data_dir("ctdesk")) / "library"
+    demo = resources_dir() / "models" / "demo" / "library"
+    return demo if not (own / CATALOGUE).is_file() and (demo / CATALOGUE).is_file() else own
 
 
 @dataclass

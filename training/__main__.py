@@ -31,6 +31,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--thresholds", type=Path, help="use these (validation) thresholds instead of choosing new ones")
     ev.add_argument("--bootstrap", type=int, default=1000)
     ev.set_defaults(func=_evaluate)
+
+    ft = sub.add_parser("finetune", help="VocabFine or ClassFine fine-tuning of a CT-CLIP (accelerate; resumable)",
+                        description="Fine-tune a CT-CLIP for the 18 findings from a YAML config "
+                        "(training/configs/vocabfine_*.yaml, classfine_*.yaml); exports a bundle the engine loads. "
+                        "Re-running resumes from the last checkpoint.")
+    ft.add_argument("--mode", choices=("vocabfine", "classfine"), required=True)
+    ft.add_argument("--config", type=Path, required=True)
+    ft.add_argument("--output-dir", help="override output_dir")
+    ft.add_argument("--max-steps", type=int, help="override max_steps")
+    ft.set_defaults(func=_finetune)
+
+    er = sub.add_parser("evaluate-reports", help="BLEU-1…4, METEOR, ROUGE-L, CIDEr and clinical P/R/F1 of reports",
+                        description="Compare generated reports with reference reports, paired by id. Files: JSON "
+                        "({id: text} or a list of objects) or CSV (an id column such as VolumeName and a text "
+                        "column). Clinical P/R/F1 use the keyword + negation labeller of the 18 findings.")
+    er.add_argument("--generated", type=Path, required=True)
+    er.add_argument("--reference", type=Path, required=True)
+    er.add_argument("--out", type=Path, help="write the metrics here as JSON")
+    er.add_argument("--field", help="text field of the generated file (default: first of report, text, …)")
+    er.add_argument("--reference-field", help="text field of the reference file (e.g. Findings_EN)")
+    er.set_defaults(func=_evaluate_reports)
+
+    from training.demo_pack import add_demo_pack_command
+
+    add_demo_pack_command(sub)
+    from training.cli_chat import add_chat_commands
+
+    add_chat_commands(sub)
     return parser
 
 
@@ -49,6 +77,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_ctclip(args.model, args.data, args.out, split=args.split, thresholds_file=args.thresholds,
                              n_bootstrap=args.bootstrap)
     print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from training.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig.from_file(args.config, mode=args.mode, output_dir=args.output_dir, max_steps=args.max_steps)
+    print(f"bundle: {finetune(cfg)}")
+    return 0
+
+
+def _evaluate_reports(args: argparse.Namespace) -> int:
+    from training.text_metrics import evaluate_reports
+
+    result = evaluate_reports(args.generated, args.reference, out=args.out, field=args.field,
+                              reference_field=args.reference_field)
+    summary = {"reports": result["reports"], **{k: v for k, v in result["language"].items() if k != "reports"},
+               "clinical_micro": result["clinical"]["micro"], "clinical_macro_f1": result["clinical"]["macro_f1"]}
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -53,12 +53,13 @@ def infer_family(tokenizer_dir: Path, base_config: dict[str, object]) -> str:
 def convert_ctchat(lora_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str],
                    out_dir: str | os.PathLike[str], *, quant: str = "q4_k_m", family: str | None = None,
                    name: str | None = None, merge_dtype: str = "auto", overwrite: bool = False,
-                   progress: Progress | None = None) -> ConversionResult:
+                   progress: Progress | None = None, demo: bool = False, label: str | None = None) -> ConversionResult:
     """Convert an upstream CT-CHAT checkpoint into a chat bundle folder at `out_dir` (see the module docstring).
 
     Args:
         merge_dtype: "auto" (the base's own dtype; float32 for f32 output), "float32", "bfloat16" or "float16".
             float32 is the most exact but needs 4 bytes per parameter of memory (32 GB for an 8B model).
+        demo, label: mark the bundle as a demo model and say so wherever it is shown (the demo pack).
     """
     from engine.chat.gguf_export import quantize_gguf, write_llama_gguf
     from engine.chat.gguf_vocab import read_vocab
@@ -107,7 +108,7 @@ def convert_ctchat(lora_dir: str | os.PathLike[str], base_dir: str | os.PathLike
             float_path.unlink()
 
         bundle = ChatBundle(folder=work, name=name, gguf=gguf_path.name, projector=PROJECTOR_FILE, family=family,
-                            n_embd=n_embd, label=f"CT-CHAT ({lora.name}, {quant})",
+                            n_embd=n_embd, demo=demo, label=label or f"CT-CHAT ({lora.name}, {quant})",
                             source=f"LoRA {lora.resolve()} on base {base.resolve()}")
         bundle.save()
         (work / CONVERSION_FILE).write_text(json.dumps({

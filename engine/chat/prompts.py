@@ -67,14 +67,23 @@ def user_turn_texts(messages: Sequence[Message], *, has_image: bool) -> list[tup
 
 def render_prompt(messages: Sequence[Message], *, has_image: bool, family: str = "llama3") -> str:
     """The exact string upstream feeds its tokenizer; it ends where the assistant's reply begins."""
-    turns = user_turn_texts(messages, has_image=has_image)
+    return render_turns(user_turn_texts(messages, has_image=has_image), family)
+
+
+def render_turns(turns: Sequence[tuple[str, str]], family: str, *, add_generation_prompt: bool = True) -> str:
+    """(role, text) turns, already edited (`user_turn_texts`, or a VQA file's own text), in a family's template.
+
+    With `add_generation_prompt` the string ends where the next assistant reply begins; without it, it ends after
+    the last turn — so the reply of turn i is `render_turns(turns[:i+1], f, add_generation_prompt=False)` minus
+    `render_turns(turns[:i], f)`, the span training computes its loss on.
+    """
     if family == "llama3":
         user_role = "<|start_header_id|>user<|end_header_id|>\n\n"
         assistant_role = "<|start_header_id|>assistant<|end_header_id|>\n\n"
         out = llama3_system() + LLAMA3_STOP
         for role, text in turns:
             out += (user_role if role == "user" else assistant_role) + text + LLAMA3_STOP
-        return out + assistant_role
+        return out + (assistant_role if add_generation_prompt else "")
     if family == "mistral_instruct":  # SeparatorStyle.LLAMA_2, empty system, sep "", sep2 "</s>"
         out = ""
         for role, text in turns:
@@ -84,15 +93,56 @@ def render_prompt(messages: Sequence[Message], *, has_image: bool, family: str =
         out = VICUNA_SYSTEM + " "
         for role, text in turns:
             out += ("USER: " + text + " ") if role == "user" else ("ASSISTANT: " + text + "</s>")
-        return out + "ASSISTANT:"
+        return out + ("ASSISTANT:" if add_generation_prompt else "")
     raise ValueError(f"Unknown prompt family {family!r}; expected one of {FAMILIES}")
 
 
 def chat_messages(messages: Sequence[Message], *, has_image: bool) -> list[dict[str, str]]:
     """For chat models with their own template (e.g. the demo's SmolLM2): the same guardrail as the system message
     and the same user-turn edits, as role/content dicts for the GGUF's chat template."""
-    turns = user_turn_texts(messages, has_image=has_image)
+    return turn_messages(user_turn_texts(messages, has_image=has_image))
+
+
+def turn_messages(turns: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """Edited (role, text) turns as chat-template messages behind CT-CHAT's guardrail as the system message."""
     return [{"role": "system", "content": guardrail_text()}] + [{"role": r, "content": t} for r, t in turns]
+
+
+def render_chat_template(template: str, messages: Sequence[dict[str, str]], *, bos_token: str = "",
+                         eos_token: str = "", add_generation_prompt: bool = True) -> str:
+    """A GGUF's Hugging Face-style Jinja chat template, rendered as transformers does (sandboxed)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from engine.errors import CheckpointMismatch
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    try:
+        return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                                bos_token=bos_token, eos_token=eos_token,
+                                                raise_exception=raise_exception)
+    except jinja2.TemplateError as exc:
+        raise CheckpointMismatch(f"The model's chat template cannot be used: {exc}") from exc
+
+
+def render_model_prompt(turns: Sequence[tuple[str, str]], family: str, *, chat_template: str | None = None,
+                        bos_text: str = "", eos_text: str = "", tokenizer_adds_bos: bool = False,
+                        add_generation_prompt: bool = True) -> str:
+    """The text a model of `family` reads for edited turns: one function for inference (engine.chat.service) and
+    training (training.data_chat), so both see the same string. For "chat_template" a BOS the template writes
+    itself is dropped when the tokenizer adds one (it would be doubled)."""
+    if family != "chat_template":
+        return render_turns(turns, family, add_generation_prompt=add_generation_prompt)
+    if not chat_template:
+        raise ValueError("The chat_template prompt family needs the model's chat template")
+    text = render_chat_template(chat_template, turn_messages(turns), bos_token=bos_text, eos_token=eos_text,
+                                add_generation_prompt=add_generation_prompt)
+    if tokenizer_adds_bos and bos_text and text.startswith(bos_text):
+        text = text[len(bos_text):]
+    return text
 
 
 def upstream_token_prefix_bos() -> int:

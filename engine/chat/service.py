@@ -22,7 +22,8 @@ import numpy as np
 
 from engine.chat.bundle import CHAT_MANIFEST, PROMPT_FAMILIES, ChatBundle, read_chat_bundle
 from engine.chat.gguf_check import GGUFInfo, validate_gguf
-from engine.chat.prompts import IMAGE_PLACEHOLDER, LLAMA3_STOP, MODES, Message, chat_messages, render_prompt
+from engine.chat.prompts import IMAGE_PLACEHOLDER, LLAMA3_STOP, MODES, Message, render_model_prompt, user_turn_texts
+from engine.chat.prompts import render_chat_template as render_chat_template  # re-exported: its former home
 from engine.errors import Cancelled, CheckpointMismatch, EngineError
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from engine.model_store import ModelStore
 
 REPORT_QUESTION = "Please generate the radiology report for this chest CT scan."
-CONTEXT_DIM = 512  # the projector's input width (CT-ViT token dim), hard-coded upstream
 
 
 @dataclass(frozen=True)
@@ -104,24 +104,6 @@ def resolve_chat_model(model: str | os.PathLike[str] | None, projector: str | os
     return spec
 
 
-def render_chat_template(template: str, messages: Sequence[dict[str, str]], *, bos_token: str = "",
-                         eos_token: str = "") -> str:
-    """A GGUF's Hugging Face-style Jinja chat template, rendered as transformers does (sandboxed)."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    try:
-        return env.from_string(template).render(messages=list(messages), add_generation_prompt=True,
-                                                bos_token=bos_token, eos_token=eos_token,
-                                                raise_exception=raise_exception)
-    except jinja2.TemplateError as exc:
-        raise CheckpointMismatch(f"The model's chat template cannot be used: {exc}") from exc
-
-
 class ChatModel:
     """A chat model ready to answer about studies; the LLM process starts on the first question."""
 
@@ -178,7 +160,8 @@ class ChatModel:
         self._projector = projector.to(self._device)
 
     def project(self, tokens: Any) -> tuple[np.ndarray, float]:
-        """CT-ViT tokens (an EncodedStudy or a (…, 512) array) → (256, n_embd) float32, cached per study."""
+        """CT-ViT tokens (an EncodedStudy or a (…, C) array; C = 512 upstream) → (n_queries, n_embd) float32, cached
+        per study."""
         import torch
 
         from engine.device import run_with_oom_fallback
@@ -192,14 +175,15 @@ class ChatModel:
         if key in self._embeddings:
             self._embeddings.move_to_end(key)
             return self._embeddings[key], 0.0
-        if grid.shape[-1] != CONTEXT_DIM:
-            raise CheckpointMismatch(f"The image encoder gives {grid.shape[-1]}-wide tokens; CT-CHAT's projector "
-                                     f"needs {CONTEXT_DIM} (this CT-CLIP model cannot drive chat).")
+        width = int(self._projector.context_dim)  # 512 upstream; the demo pack's CT-CLIP tokens are narrower
+        if grid.shape[-1] != width:
+            raise CheckpointMismatch(f"The image encoder gives {grid.shape[-1]}-wide tokens; this chat model's "
+                                     f"projector needs {width} (this CT-CLIP model cannot drive it).")
         t0 = time.perf_counter()
 
         def run(device: torch.device) -> np.ndarray:
             self._projector.to(device)
-            x = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32)).reshape(1, -1, CONTEXT_DIM)
+            x = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32)).reshape(1, -1, width)
             with torch.inference_mode():
                 return self._projector(x.to(device))[0].float().cpu().numpy()  # type: ignore[no-any-return]
 
@@ -213,14 +197,9 @@ class ChatModel:
     def prompt_pieces(self, messages: Sequence[Message], embeddings: np.ndarray | None) -> list[str | np.ndarray]:
         """The prompt as text pieces with the image embeddings where "<image>" stands."""
         has_image = embeddings is not None
-        if self.family == "chat_template":
-            assert self.info.chat_template is not None
-            text = render_chat_template(self.info.chat_template, chat_messages(messages, has_image=has_image),
-                                        bos_token=self.info.bos_text, eos_token=self.info.eos_text)
-            if self.info.add_bos and self.info.bos_text and text.startswith(self.info.bos_text):
-                text = text[len(self.info.bos_text):]  # the tokenizer adds it; a template's own would double it
-        else:
-            text = render_prompt(messages, has_image=has_image, family=self.family)
+        text = render_model_prompt(user_turn_texts(messages, has_image=has_image), self.family,
+                                   chat_template=self.info.chat_template, bos_text=self.info.bos_text,
+                                   eos_text=self.info.eos_text, tokenizer_adds_bos=bool(self.info.add_bos))
         if embeddings is None:
             return [text]
         before, sep, after = text.partition(IMAGE_PLACEHOLDER)

@@ -4,6 +4,10 @@ Mirrors `llava/model/multimodal_projector/{builder.py, coca_attentional_pooler.p
 github.com/ibrahimethemhamamci/CT-CHAT @ 33c9b97 (facts: ../shared/reference/upstream_models.md §f; keys:
 ctchat_projector_manifest.json). Attention pooling (256 learned queries, 8 heads × 64, CoCa style) → LayerNorm →
 Linear(512, H) → GELU → Linear(H, H). Loads `mm_projector.bin`, `non_lora_trainables.bin` or safetensors strictly.
+
+Upstream hard-codes the token width (512, CT-ViT's dim) and 256 queries. A projector trained on a smaller CT-CLIP
+(the demo pack's tokens are 32 wide) or with fewer queries keeps the same layout and key names; `load_projector`
+reads both sizes from the weight shapes, so official files load exactly as before.
 """
 
 from __future__ import annotations
@@ -52,28 +56,35 @@ class AttentionalPooler(nn.Module):
 
 
 class CTChatProjector(nn.Module):
-    """(B, t, h, w, 512) CT-ViT tokens, or (B, N, 512) → (B, 256, H) embeddings for the LLM."""
+    """(B, t, h, w, C) CT-ViT tokens, or (B, N, C) → (B, n_queries, H) embeddings for the LLM (upstream: C = 512,
+    256 queries; the pooler's width equals C, as upstream's mm_hidden_size = mm_context_size)."""
 
-    def __init__(self, llm_hidden_size: int) -> None:
+    def __init__(self, llm_hidden_size: int, *, context_dim: int = CONTEXT_DIM, n_queries: int = NUM_QUERIES) -> None:
         super().__init__()
-        self.attn_pool = AttentionalPooler()
-        self.ln = nn.LayerNorm(CONTEXT_DIM)
-        self.proj = nn.Sequential(nn.Linear(CONTEXT_DIM, llm_hidden_size), nn.GELU(),
+        if context_dim % HEADS:
+            raise ValueError(f"context_dim must be a multiple of the {HEADS} attention heads, got {context_dim}")
+        self.attn_pool = AttentionalPooler(d_model=context_dim, context_dim=context_dim, n_queries=n_queries)
+        self.ln = nn.LayerNorm(context_dim)
+        self.proj = nn.Sequential(nn.Linear(context_dim, llm_hidden_size), nn.GELU(),
                                   nn.Linear(llm_hidden_size, llm_hidden_size))
         self.llm_hidden_size = llm_hidden_size
+        self.context_dim = context_dim
+        self.n_queries = n_queries
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.ndim == 5:
-            tokens = tokens.flatten(1, 3)  # (B, t·h·w, 512), row-major over (t, h, w) as upstream's flatten(1, 3)
+            tokens = tokens.flatten(1, 3)  # (B, t·h·w, C), row-major over (t, h, w) as upstream's flatten(1, 3)
         return self.proj(self.ln(self.attn_pool(tokens)))
 
 
-def build_projector(llm_hidden_size: int) -> CTChatProjector:
-    return CTChatProjector(llm_hidden_size)
+def build_projector(llm_hidden_size: int, *, context_dim: int = CONTEXT_DIM,
+                    n_queries: int = NUM_QUERIES) -> CTChatProjector:
+    return CTChatProjector(llm_hidden_size, context_dim=context_dim, n_queries=n_queries)
 
 
 def load_projector(path: str | os.PathLike[str]) -> CTChatProjector:
-    """Read `.bin`/`.pt` (weights only) or `.safetensors` with bare or CT-CHAT-prefixed keys; infer H; load strictly."""
+    """Read `.bin`/`.pt` (weights only) or `.safetensors` with bare or CT-CHAT-prefixed keys; infer H, the token
+    width and the number of queries from the shapes; load strictly."""
     from engine.models.checkpoints import read_state_dict
 
     path = Path(path)
@@ -89,7 +100,13 @@ def load_projector(path: str | os.PathLike[str]) -> CTChatProjector:
     if "proj.0.weight" not in bare:
         sample = ", ".join(sorted(state)[:3])
         raise CheckpointMismatch(f"{path.name} holds no CT-CHAT projector (attn_pool/ln/proj keys); found {sample}…")
-    projector = build_projector(int(bare["proj.0.weight"].shape[0]))
+    query = bare.get("attn_pool.query")
+    context_dim = int(query.shape[1]) if query is not None and query.ndim == 2 else CONTEXT_DIM
+    n_queries = int(query.shape[0]) if query is not None and query.ndim == 2 else NUM_QUERIES
+    if context_dim % HEADS:
+        raise CheckpointMismatch(f"{path.name}: the projector's width {context_dim} is not a multiple of {HEADS} "
+                                 "attention heads; it is not a CT-CHAT attn_pool+mlp2x_gelu projector.")
+    projector = build_projector(int(bare["proj.0.weight"].shape[0]), context_dim=context_dim, n_queries=n_queries)
     expected = projector.state_dict()
     missing, unexpected = sorted(set(expected) - set(bare)), sorted(set(bare) - set(expected))
     wrong = sorted(k for k in set(bare) & set(expected) if bare[k].shape != expected[k].shape)

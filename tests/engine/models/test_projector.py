@@ -96,3 +96,19 @@ def test_a_file_without_a_projector_is_refused(tmp_path: Path) -> None:
     torch.save({"model.layers.0.weight": torch.zeros(2)}, tmp_path / "adapter.bin")
     with pytest.raises(CheckpointMismatch, match="no CT-CHAT projector"):
         load_projector(tmp_path / "adapter.bin")
+
+
+def test_a_projector_for_narrower_tokens_and_fewer_queries_loads_from_its_shapes(tmp_path: Path) -> None:
+    """The demo pack's CT-CLIP gives 32-wide tokens; its projector keeps upstream's keys with smaller shapes."""
+    torch.manual_seed(3)
+    projector = build_projector(576, context_dim=32, n_queries=16).eval()
+    torch.save({f"base_model.model.model.mm_projector.{k}": v for k, v in projector.state_dict().items()},
+               tmp_path / "non_lora_trainables.bin")
+    loaded = load_projector(tmp_path / "non_lora_trainables.bin")
+    assert (loaded.context_dim, loaded.n_queries, loaded.llm_hidden_size) == (32, 16, 576)
+    grid = torch.randn(1, 24, 24, 24, 32)  # the demo CT-CLIP's token grid
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(grid), projector(grid))
+    assert loaded(grid).shape == (1, 16, 576)
+    with pytest.raises(ValueError, match="multiple of the 8 attention heads"):
+        build_projector(64, context_dim=20)
